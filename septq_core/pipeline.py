@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -21,8 +22,9 @@ from .hessian import Hessian
 from .models import LoadedModel, block_linears, find_blocks
 from .solver import MatrixResult, importance_scores, quantize_matrix, select_mask
 
-QUANTILES = (0.5, 0.9, 0.99, 0.999, 1.0)
+QUANTILES = (0.5, 0.9, 0.99, 0.999)
 HIST_BINS = 40
+REPLAY_BUDGET_BYTES = 2 << 30  # recorded module outputs kept per block (see _Replay)
 
 
 class _StopForward(Exception):
@@ -99,18 +101,79 @@ class _Inputs:
     def __init__(self, hidden: list[torch.Tensor], kwargs: list[dict]):
         self.hidden, self.kwargs = hidden, kwargs
 
-    def run(self, block, cancel=None):
+    def run(self, block, cancel=None, replay: _Replay | None = None, record: bool = True):
         """Run `block` on every mini-batch; a hook may end a pass early with _StopForward."""
         outs = []
-        with torch.inference_mode():
-            for x, kw in zip(self.hidden, self.kwargs):
-                if cancel is not None and cancel.is_set():
-                    raise Cancelled("Quantization was cancelled.")
-                try:
-                    outs.append(_hidden(block(x, **kw)))
-                except _StopForward:
-                    pass
+        if replay is not None:
+            replay.arm(block, record)
+        try:
+            with torch.inference_mode():
+                for i, (x, kw) in enumerate(zip(self.hidden, self.kwargs)):
+                    if cancel is not None and cancel.is_set():
+                        raise Cancelled("Quantization was cancelled.")
+                    if replay is not None:
+                        replay.batch = i
+                    try:
+                        outs.append(_hidden(block(x, **kw)))
+                    except _StopForward:
+                        pass
+        finally:
+            if replay is not None:
+                replay.disarm(block)
         return outs
+
+
+class _Replay:
+    """Outputs of a block's finished submodules, replayed in its later passes.
+
+    In true-sequential mode a block is run once per group of modules. A
+    submodule that returns before the first not-yet-quantized linear module
+    starts (an input norm, q/k/v, then the whole attention once o_proj is done)
+    gives the same output in every later pass: the first pass in which it is
+    finished records its output per mini-batch, later passes return the
+    recording instead of recomputing it. Results are identical; only work is saved.
+    """
+
+    def __init__(self, events: list[tuple[str, str]], n_batches: int):
+        """`events`: the order in which the block's submodules start and return (LoadedModel.block_events)."""
+        calls = Counter(n for kind, n in events if kind == "in")
+        self.start = {n: i for i, (kind, n) in reversed(list(enumerate(events))) if kind == "in"}
+        self.end = {n: i for i, (kind, n) in enumerate(events) if kind == "out" and calls[n] == 1}
+        self.n_batches = n_batches
+        self.active: list[str] = []  # the largest finished submodules
+        self.outputs: dict[str, list] = {}
+        self.batch = 0
+        self._hooks = []
+
+    def advance(self, first_open: str) -> None:
+        """`first_open`: the first linear module (in execution order) not quantized yet."""
+        finished = [n for n, e in self.end.items() if e < self.start[first_open]]
+        self.active = [n for n in finished if not any(n.startswith(p + ".") for p in finished)]
+        self.outputs = {n: v for n, v in self.outputs.items() if n in self.active}
+
+    def arm(self, block, record: bool = True) -> None:
+        modules = dict(block.named_modules())
+        for name in self.active:
+            if len(self.outputs.get(name, ())) == self.n_batches:
+                modules[name].forward = lambda *a, name=name, **k: self.outputs[name][self.batch]
+            elif record:
+                self.outputs[name] = []
+                self._hooks.append(modules[name].register_forward_hook(
+                    lambda m, a, out, name=name: self.outputs[name].append(out)))
+
+    def disarm(self, block) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+        for module in block.modules():
+            module.__dict__.pop("forward", None)
+
+
+def _replay_fits(linears: dict, groups: list[list[str]], inputs: _Inputs, budget: int) -> bool:
+    tokens = sum(x.shape[0] * x.shape[1] for x in inputs.hidden)
+    itemsize = inputs.hidden[0].element_size()
+    width = sum(linears[n].out_features for g in groups[:-1] for n in g)
+    return tokens * width * itemsize <= budget
 
 
 def capture_block0_inputs(model, input_ids: torch.Tensor, work: torch.device, batch_size: int, cancel=None) -> _Inputs:
@@ -142,7 +205,8 @@ def capture_block0_inputs(model, input_ids: torch.Tensor, work: torch.device, ba
     return _Inputs(hidden, kwargs)
 
 
-def collect_hessians(block, groups: list[list[str]], inputs: _Inputs, work, cancel=None) -> dict[str, torch.Tensor]:
+def collect_hessians(block, groups: list[list[str]], inputs: _Inputs, work, cancel=None,
+                     replay: _Replay | None = None) -> dict[str, torch.Tensor]:
     """H of every module in `groups`, from one pass of the block that stops right
     after the last group has seen its input. Modules of a group share one H."""
     linears = block_linears(block)
@@ -159,7 +223,7 @@ def collect_hessians(block, groups: list[list[str]], inputs: _Inputs, work, canc
 
         handles.append(first.register_forward_pre_hook(hook))
     try:
-        inputs.run(block, cancel)
+        inputs.run(block, cancel, replay)
     finally:
         for handle in handles:
             handle.remove()
@@ -167,13 +231,20 @@ def collect_hessians(block, groups: list[list[str]], inputs: _Inputs, work, canc
 
 
 def _score_summary(S: torch.Tensor | None) -> tuple[dict, dict]:
+    """Quantiles (the tail exact, from topk; the median and q0.9 from a strided
+    sample of at most 2^16 scores) and a histogram of log10 scores."""
     if S is None:
         return {}, {}
     flat = S.flatten().float()
-    sample = flat if flat.numel() <= 1_000_000 else flat[torch.randperm(flat.numel(), device=flat.device)[:1_000_000]]
-    qs = torch.quantile(sample, torch.tensor(QUANTILES, device=flat.device))
-    quantiles = {f"q{q:g}": float(v) for q, v in zip(QUANTILES, qs)}
-    quantiles["max"] = float(flat.max())
+    n = flat.numel()
+    quantiles = {}
+    sample = flat[:: max(1, n // 65536)].sort().values
+    for q in (0.5, 0.9):
+        quantiles[f"q{q:g}"] = float(sample[int(q * (sample.numel() - 1))])
+    top = flat.topk(max(1, n - int(0.99 * (n - 1)))).values  # descending
+    for q in (0.99, 0.999):
+        quantiles[f"q{q:g}"] = float(top[n - 1 - int(q * (n - 1))])
+    quantiles["max"] = float(top[0])
     pos = flat[flat > 0].log10()
     if pos.numel() == 0:
         return quantiles, {}
@@ -262,12 +333,17 @@ def quantize_model(loaded: LoadedModel, cfg: QuantConfig, calib: CalibrationSet 
             del H_all, scores
 
         passes = groups if cfg.true_sequential else [[n for g in groups for n in g]]
+        replay = None
+        if inputs is not None and cfg.true_sequential and _replay_fits(linears, groups, inputs, REPLAY_BUDGET_BYTES):
+            replay = _Replay(loaded.block_events, len(inputs.hidden))
         for group in passes:
             H = {}
             if inputs is not None:
-                sub = [g for g in groups if g[0] in group] if not cfg.true_sequential else [group]
+                sub = [group] if cfg.true_sequential else groups
+                if replay is not None:
+                    replay.advance(group[0])
                 t = time.perf_counter()
-                H = collect_hessians(block, sub, inputs, work, cancel)
+                H = collect_hessians(block, sub, inputs, work, cancel, replay)
                 timers["calibration_forward"] += time.perf_counter() - t
             for name in group:
                 check_cancel()
@@ -285,8 +361,9 @@ def quantize_model(loaded: LoadedModel, cfg: QuantConfig, calib: CalibrationSet 
 
         if inputs is not None and b + 1 < len(blocks):
             t = time.perf_counter()
-            inputs.hidden = inputs.run(block, cancel)
+            inputs.hidden = inputs.run(block, cancel, replay, record=False)
             timers["calibration_forward"] += time.perf_counter() - t
+        del replay
         block.to(home)
 
     seconds = dict(timers)

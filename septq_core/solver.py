@@ -234,11 +234,11 @@ def quantize_matrix(
     if cfg.method == "rtn":
         s, z = expand_groups(scale, cols, cfg.group_size), expand_groups(zero, cols, cfg.group_size)
         Wo = _unpermute(prep.W, perm)
-        Q, C = dequantize(Wo, s, z, maxq), grid_codes(Wo, s, z, maxq)
+        Q = dequantize(Wo, s, z, maxq)
         M = torch.zeros_like(Q, dtype=torch.bool)
         S = None
         D = (Wo - Q) if perm is None else (Wo - Q)[:, perm]
-        loss = float(torch.einsum("ij,jk,ik->", D, prep.H, D))
+        row_loss = torch.einsum("ij,jk,ik->i", D, prep.H, D)
     else:
         S = _scores_from_prepared(prep, cfg, scale, zero)  # sweep order
         if cfg.method == "gptq":
@@ -250,22 +250,26 @@ def quantize_matrix(
             M = M if perm is None else M[:, perm]
         else:
             M = _top_mask(S.flatten(), reserve_count(S.numel(), cfg.reserve_ratio)).view(S.shape)
-        Q, C, loss = _sweep(prep, M, scale, zero, cfg)
-        Q, C, M, S = (_unpermute(t, perm) for t in (Q, C, M, S))
+        Q, row_loss = _sweep(prep, M, scale, zero, cfg)
+        Q, M, S = (_unpermute(t, perm) for t in (Q, M, S))
 
     Q[:, prep.dead] = 0
+    # Integer codes, recovered from Q (Q = scale * (code - zero) exactly off the mask).
+    s, z = expand_groups(scale, cols, cfg.group_size), expand_groups(zero, cols, cfg.group_size)
+    C = torch.clamp(torch.round(Q / s) + z, 0, maxq)
     return MatrixResult(
-        weight=Q.to(W.dtype), mask=M, scores=S, codes=C.to(torch.uint8), scale=scale, zero=zero, loss=loss,
+        weight=Q.to(W.dtype), mask=M, scores=S, codes=C.to(torch.uint8), scale=scale, zero=zero,
+        loss=float(row_loss.sum()),
         bits_per_weight=bits_per_weight(cfg.bits, cfg.group_size, cols, float(M.sum()) / (rows * cols)),
         percdamp=prep.percdamp, damp_retries=prep.damp_retries, damp_note=prep.note,
-        dead_columns=int(prep.dead.sum()), seconds=time.perf_counter() - t0,
+        dead_columns=int(prep.dead.sum()), seconds=time.perf_counter() - t0, extra={"row_loss": row_loss},
     )
 
 
 def _sweep(prep: PreparedHessian, M: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, cfg: QuantConfig):
     """Step 7: the GPTQ column sweep, reserved entries kept and sending no error.
 
-    All tensors are in sweep order. Returns (Q, codes, loss)."""
+    All tensors are in sweep order. Returns (Q, loss of each row)."""
     W, U = prep.W.clone(), prep.U
     rows, cols = W.shape
     maxq = 2**cfg.bits - 1
@@ -278,36 +282,33 @@ def _sweep(prep: PreparedHessian, M: torch.Tensor, scale: torch.Tensor, zero: to
         col_zero = expand_groups(zero, cols, gs)
         if prep.perm is not None:
             col_scale, col_zero = col_scale[:, prep.perm], col_zero[:, prep.perm]
-    else:
-        out_scale, out_zero = scale.clone(), zero.clone()
+        col_scale, col_zero = col_scale.t().contiguous(), col_zero.t().contiguous()  # one row per column
+    reserved_cols = M.any(0).tolist()
 
-    Q = torch.zeros_like(W)
-    C = torch.zeros_like(W)
-    losses = torch.zeros(cols, device=W.device)
+    Q = torch.empty_like(W)
+    row_loss = torch.zeros(rows, device=W.device)
     for i1 in range(0, cols, bs):
         i2 = min(i1 + bs, cols)
         W1, U1, M1 = W[:, i1:i2].clone(), U[i1:i2, i1:i2], M[:, i1:i2]
-        Err1 = torch.zeros_like(W1)
+        Err1 = torch.empty_like(W1)
         for i in range(i2 - i1):
             j = i1 + i
             w = W1[:, i]
             if static:
-                s, z = col_scale[:, j : j + 1], col_zero[:, j : j + 1]
+                s, z = col_scale[j], col_zero[j]
             elif j % gs == 0:  # refit on the current (error-updated) weights of the group
                 later = W[:, i2 : j + gs] - Err1[:, :i] @ U[i1:j, i2 : j + gs]  # pending lazy updates
-                group = torch.cat([W1[:, i : i + gs], later], 1)
-                s, z = fit_grid(group, cfg.bits, cfg.sym, cfg.mse)
-                out_scale[:, j // gs], out_zero[:, j // gs] = s[:, 0], z[:, 0]
-            c = grid_codes(w[:, None], s, z, maxq)[:, 0]
-            q = torch.where(M1[:, i], w, s[:, 0] * (c - z[:, 0]))
-            err = (w - q) / U1[i, i]
-            W1[:, i:] -= err[:, None] * U1[i, i:][None, :]
-            Err1[:, i] = err
-            Q[:, j], C[:, j] = q, c
-            losses[j] = err.pow(2).sum()
-        W[:, i2:] -= Err1 @ U[i1:i2, i2:]  # lazy batch update of all later columns
-
-    if not static:
-        scale.copy_(out_scale)
-        zero.copy_(out_zero)
-    return Q, C, float(losses.sum())
+                s, z = fit_grid(torch.cat([W1[:, i : i + gs], later], 1), cfg.bits, cfg.sym, cfg.mse)
+                scale[:, j // gs], zero[:, j // gs] = s[:, 0], z[:, 0]
+                s, z = s[:, 0], z[:, 0]
+            q = torch.div(w, s).round_().add_(z).clamp_(0, maxq).sub_(z).mul_(s)
+            if reserved_cols[j]:
+                q = torch.where(M1[:, i], w, q)
+            err = Err1[:, i]
+            torch.sub(w, q, out=err).div_(U1[i, i])
+            W1[:, i:].addr_(err, U1[i, i:], alpha=-1)
+            w.copy_(q)  # column i of W1 now holds its final value
+        Q[:, i1:i2] = W1
+        row_loss += Err1.pow(2).sum(1)
+        W[:, i2:].addmm_(Err1, U[i1:i2, i2:], alpha=-1)  # lazy batch update of all later columns
+    return Q, row_loss

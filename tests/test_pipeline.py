@@ -139,3 +139,17 @@ def test_methods_order_on_tiny_model(tiny_model_dir):
     s = sq.quantize_model(lm, sq.QuantConfig(method="septq", bits=2, reserve_ratio=0.05, **CALIB), calib=calib)
     assert s.reports[0].loss < g.reports[0].loss  # same inputs for the first module
     assert sum(r.loss for r in s.reports) < sum(r.loss for r in g.reports)
+
+
+def test_replaying_recorded_outputs_changes_nothing(tiny, monkeypatch):
+    """Partial passes replay the outputs of quantized modules instead of recomputing them."""
+    import septq_core.pipeline as pipeline
+
+    cfg = sq.QuantConfig(method="septq", bits=3, **CALIB)
+    calib = sq.calibration_windows(tiny.tokenizer, "demo", 4, 64, 0)
+    with_replay = sq.quantize_model(tiny, cfg, calib=calib)
+    monkeypatch.setattr(pipeline, "REPLAY_BUDGET_BYTES", 0)
+    without = sq.quantize_model(tiny, cfg, calib=calib)
+    for a, b in zip(with_replay.model.parameters(), without.model.parameters()):
+        assert torch.equal(a, b)
+    assert all("forward" not in m.__dict__ for m in with_replay.model.modules())

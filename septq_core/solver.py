@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -53,7 +53,7 @@ class MatrixResult:
     damp_note: str = ""
     dead_columns: int = 0
     seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
+    row_loss: torch.Tensor | None = None  # each output row's share of `loss`
 
     @property
     def reserved(self) -> int:
@@ -262,7 +262,7 @@ def quantize_matrix(
         loss=float(row_loss.sum()),
         bits_per_weight=bits_per_weight(cfg.bits, cfg.group_size, cols, float(M.sum()) / (rows * cols)),
         percdamp=prep.percdamp, damp_retries=prep.damp_retries, damp_note=prep.note,
-        dead_columns=int(prep.dead.sum()), seconds=time.perf_counter() - t0, extra={"row_loss": row_loss},
+        dead_columns=int(prep.dead.sum()), seconds=time.perf_counter() - t0, row_loss=row_loss,
     )
 
 

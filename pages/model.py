@@ -27,13 +27,12 @@ if lm is None:
 card = lm.card
 key = (card["source"], card["device"], card["dtype"])
 st.subheader(card["name"])
-cols = st.columns(6)
+cols = st.columns(4)
 cols[0].metric("Parameters", f"{card['parameters'] / 1e6:.1f} M")
 cols[1].metric("Decoder blocks", card["blocks"])
 cols[2].metric("Hidden size", card["hidden_size"])
 cols[3].metric("Memory", f"{card['memory_bytes'] / 2**20:.0f} MiB")
-cols[4].metric("Device · dtype", f"{card['device']} · {card['dtype']}")
-cols[5].metric("Weights", card["weights"])
+st.markdown(f"Running on **{card['device']}** in **{card['dtype']}** · weights: **{card['weights']}**")
 if card["weights"].startswith("dequantized"):
     st.caption(f"This model's linear weights were stored as {card['weights'].split()[-1]} and are dequantized to "
                f"{card['dtype']} on load. Its baseline is therefore '{card['weights']}', not the original FP16 model; "
@@ -51,7 +50,7 @@ c1, c2, c3 = st.columns(3)
 corpus = c1.selectbox("Corpus", list(CORPUS_LABELS), format_func=CORPUS_LABELS.get, key="ppl_corpus")
 seqlen = c2.select_slider("Window (tokens)", [128, 256, 512, 1024, 2048], value=512, key="ppl_seqlen")
 windows = c3.number_input("Windows (0 = all)", 0, 10_000, 4, key="ppl_windows")
-st.caption("On a 2-core CPU one 2048-token window of the default model takes about 4 s: the default here is a "
+st.caption("On a 2-core CPU one 2048-token window of the default model takes about 5 s: the default here is a "
            "small preview (4 windows of 512 tokens). Use 0 windows for the whole corpus.")
 try:
     with st.spinner("Computing perplexity..."):

@@ -13,7 +13,8 @@ import json
 import os
 import random
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -95,20 +96,52 @@ def _from_data_dir(relative: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def _hf_dataset(*args, column: str, **kwargs) -> list[str]:
-    from datasets import load_dataset
+@dataclass(frozen=True)
+class _Split:
+    relative: str  # the file under SEPTQ_DATA_DIR
+    rows: Callable[[str], list[str]]  # raw file text -> the dataset's rows
+    hf: tuple  # datasets.load_dataset(*hf, split=..., **hf_kwargs)[column]
+    column: str
+    label: str
+    hf_kwargs: dict = field(default_factory=dict)
 
-    return list(load_dataset(*args, **kwargs)[column])
+
+_C4 = "en/c4-{}.00000-of-{:05d}.json.gz"
+SPLITS: dict[tuple[str, str], _Split] = {
+    ("wikitext2", "test"): _Split("wikitext2/test.txt", wikitext2_rows, ("wikitext", "wikitext-2-raw-v1"), "text",
+                                  "WikiText-2 raw, test"),
+    ("wikitext2", "train"): _Split("wikitext2/train.txt", wikitext2_rows, ("wikitext", "wikitext-2-raw-v1"), "text",
+                                   "WikiText-2 raw, train"),
+    ("ptb", "test"): _Split("ptb/test.txt", ptb_sentences, ("ptb_text_only", "penn_treebank"), "sentence",
+                            "PTB text only, test"),
+    ("ptb", "train"): _Split("ptb/train.txt", ptb_sentences, ("ptb_text_only", "penn_treebank"), "sentence",
+                             "PTB text only, train"),
+    ("c4", "validation"): _Split("c4/validation-sample.jsonl", jsonl_texts, ("allenai/c4",), "text",
+                                 "C4 en validation", {"data_files": {"validation": _C4.format("validation", 8)}}),
+    ("c4", "train"): _Split("c4/c4-train.00000-of-01024.jsonl", jsonl_texts, ("allenai/c4",), "text",
+                            "C4 en train", {"data_files": {"train": _C4.format("train", 1024)}}),
+}
 
 
-def _missing(name: str, relative: str, exc: Exception) -> CorpusError:
-    root = data_dir()
-    where = f"{root / relative} does not exist" if root else "SEPTQ_DATA_DIR is not set"
-    return CorpusError(
-        f"Corpus {name!r} is not available: {where}, and the Hugging Face datasets library could not provide it "
-        f"({type(exc).__name__}). Set SEPTQ_DATA_DIR to a folder holding {relative}, connect to the network, "
-        "or use the bundled 'demo' corpus or a text file."
-    )
+def load_rows(name: str, split: str) -> tuple[list[str], str]:
+    """The rows of a corpus split and where they came from: SEPTQ_DATA_DIR, then `datasets`, then a clear error."""
+    spec = SPLITS[(name, split)]
+    path = _from_data_dir(spec.relative)
+    if path:
+        return spec.rows(path.read_text(encoding="utf-8")), f"{path} ({spec.label})"
+    try:
+        from datasets import load_dataset
+
+        rows = list(load_dataset(*spec.hf, split=split, **spec.hf_kwargs)[spec.column])
+    except Exception as exc:  # noqa: BLE001 - any failure means: not available here
+        root = data_dir()
+        where = f"{root / spec.relative} does not exist" if root else "SEPTQ_DATA_DIR is not set"
+        raise CorpusError(
+            f"Corpus {name!r} ({split}) is not available: {where}, and the Hugging Face datasets library could not "
+            f"provide it ({type(exc).__name__}). Set SEPTQ_DATA_DIR to a folder holding {spec.relative}, connect to "
+            "the network, or use the bundled 'demo' corpus or a text file."
+        ) from exc
+    return rows, f"datasets: {'/'.join(spec.hf)} ({spec.label})"
 
 
 def load_eval_corpus(name: str) -> Corpus:
@@ -116,35 +149,15 @@ def load_eval_corpus(name: str) -> Corpus:
     if name == "demo":
         return Corpus("demo", _read_demo(), "assets/demo.txt (bundled)")
     if name == "wikitext2":
-        path = _from_data_dir("wikitext2/test.txt")
-        if path:
-            return Corpus(name, wikitext2_text(path.read_text(encoding="utf-8")), f"{path} (WikiText-2 raw, test)")
-        try:
-            rows = _hf_dataset("wikitext", "wikitext-2-raw-v1", split="test", column="text")
-        except Exception as exc:  # noqa: BLE001
-            raise _missing(name, "wikitext2/test.txt", exc) from exc
-        return Corpus(name, "\n\n".join(rows), "datasets: wikitext-2-raw-v1, test")
+        rows, source = load_rows(name, "test")
+        return Corpus(name, "\n\n".join(rows), source)
     if name == "ptb":
-        path = _from_data_dir("ptb/test.txt")
-        if path:
-            return Corpus(name, ptb_text(path.read_text(encoding="utf-8")), f"{path} (PTB text only, test)")
-        try:
-            rows = _hf_dataset("ptb_text_only", "penn_treebank", split="test", column="sentence")
-        except Exception as exc:  # noqa: BLE001
-            raise _missing(name, "ptb/test.txt", exc) from exc
-        return Corpus(name, " ".join(rows), "datasets: ptb_text_only, test")
+        rows, source = load_rows(name, "test")
+        return Corpus(name, " ".join(rows), source)
     if name == "c4":
-        path = _from_data_dir("c4/validation-sample.jsonl")
-        if path:
-            docs = jsonl_texts(path.read_text(encoding="utf-8"), str(path))
-            note = "" if len(docs) >= C4_EVAL_DOCS else f"only the first {len(docs)} of {C4_EVAL_DOCS} documents are in this file"
-            return Corpus(name, c4_text(docs), f"{path} (C4 validation, first {min(len(docs), C4_EVAL_DOCS)} documents)", note)
-        try:
-            docs = _hf_dataset("allenai/c4", data_files={"validation": "en/c4-validation.00000-of-00008.json.gz"},
-                               split="validation", column="text")
-        except Exception as exc:  # noqa: BLE001
-            raise _missing(name, "c4/validation-sample.jsonl", exc) from exc
-        return Corpus(name, c4_text(docs), "datasets: allenai/c4 en validation shard 0")
+        docs, source = load_rows(name, "validation")
+        note = "" if len(docs) >= C4_EVAL_DOCS else f"only the first {len(docs)} of {C4_EVAL_DOCS} documents are available"
+        return Corpus(name, c4_text(docs), f"{source}, first {min(len(docs), C4_EVAL_DOCS)} documents", note)
     return _file_corpus(name)
 
 
@@ -178,34 +191,10 @@ def load_calibration_corpus(name: str) -> tuple[list[str], str]:
     c4: the train shard GPTQ uses (random documents longer than a window);
     wikitext2 / ptb: the train split as one text; demo or a file: that text."""
     if name == "c4":
-        root = data_dir()
-        files = sorted(root.glob("c4/c4-train*.jsonl")) if root else []
-        if files:
-            return jsonl_texts(files[0].read_text(encoding="utf-8"), str(files[0])), f"{files[0]} (C4 train)"
-        try:
-            docs = _hf_dataset("allenai/c4", data_files={"train": "en/c4-train.00000-of-01024.json.gz"},
-                               split="train", column="text")
-        except Exception as exc:  # noqa: BLE001
-            raise _missing("c4 (train, for calibration)", "c4/c4-train.00000-of-01024.jsonl", exc) from exc
-        return docs, "datasets: allenai/c4 en train shard 0"
-    if name == "wikitext2":
-        path = _from_data_dir("wikitext2/train.txt")
-        if path:
-            return [wikitext2_text(path.read_text(encoding="utf-8"))], f"{path} (WikiText-2 raw, train)"
-        try:
-            rows = _hf_dataset("wikitext", "wikitext-2-raw-v1", split="train", column="text")
-        except Exception as exc:  # noqa: BLE001
-            raise _missing("wikitext2 (train, for calibration)", "wikitext2/train.txt", exc) from exc
-        return ["\n\n".join(rows)], "datasets: wikitext-2-raw-v1, train"
-    if name == "ptb":
-        path = _from_data_dir("ptb/train.txt")
-        if path:
-            return [ptb_text(path.read_text(encoding="utf-8"))], f"{path} (PTB text only, train)"
-        try:
-            rows = _hf_dataset("ptb_text_only", "penn_treebank", split="train", column="sentence")
-        except Exception as exc:  # noqa: BLE001
-            raise _missing("ptb (train, for calibration)", "ptb/train.txt", exc) from exc
-        return [" ".join(rows)], "datasets: ptb_text_only, train"
+        return load_rows(name, "train")
+    if name in ("wikitext2", "ptb"):
+        rows, source = load_rows(name, "train")
+        return ["\n\n".join(rows) if name == "wikitext2" else " ".join(rows)], source
     corpus = load_eval_corpus(name)
     return [corpus.text], corpus.source
 

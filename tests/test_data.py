@@ -267,3 +267,28 @@ def test_shared_ptb(shared_data, monkeypatch):
     monkeypatch.setenv("SEPTQ_DATA_DIR", str(shared_data))
     corpus = load_eval_corpus("ptb")
     assert corpus.text.startswith("no it was n't black monday but while")
+
+
+def test_calibration_from_train_splits_in_data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEPTQ_DATA_DIR", str(tmp_path))
+    (tmp_path / "ptb").mkdir()
+    (tmp_path / "ptb" / "train.txt").write_text(" the river is long \n the town is old and the river is wide \n")
+    (tmp_path / "c4").mkdir()
+    docs = ["short one", "the river runs past the old town and the mill and the bridge and the hill"]
+    (tmp_path / "c4" / "c4-train.00000-of-01024.jsonl").write_text("\n".join(json.dumps({"text": d}) for d in docs))
+    tok = make_tokenizer()
+
+    ptb = calibration_windows(tok, "ptb", nsamples=3, seqlen=4, seed=1)
+    stream = encode(tok, "the river is long the town is old and the river is wide").tolist()
+    assert "ptb/train.txt" in ptb.source
+    for window in ptb.input_ids.tolist():
+        assert any(stream[i : i + 4] == window for i in range(len(stream) - 3))
+
+    c4 = calibration_windows(tok, "c4", nsamples=3, seqlen=6, seed=1)
+    long_doc = encode(tok, docs[1]).tolist()
+    assert "c4-train" in c4.source
+    for window in c4.input_ids.tolist():  # only the document longer than a window is used
+        assert any(long_doc[i : i + 6] == window for i in range(len(long_doc) - 5))
+
+    with pytest.raises(CorpusError, match="wikitext2/train.txt"):
+        calibration_windows(tok, "wikitext2", nsamples=1, seqlen=4)

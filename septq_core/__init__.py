@@ -6,7 +6,7 @@ from .evaluate import Cancelled, Perplexity, generate, perplexity
 from .grid import fit_grid, rtn
 from .hessian import Hessian
 from .models import LoadedModel, LoadError, default_model_path, find_blocks, load_model
-from .pipeline import ModuleReport, QuantRun, quantize_model
+from .pipeline import ModuleReport, QuantRun, fp_hessians, quantize_model
 from .solver import MatrixResult, NonFiniteError, bits_per_weight, importance_scores, quantize_matrix, select_mask
 
 __version__ = "0.1.0"
@@ -17,6 +17,6 @@ __all__ = [
     "Cancelled", "Perplexity", "generate", "perplexity",
     "fit_grid", "rtn", "Hessian",
     "LoadError", "LoadedModel", "default_model_path", "find_blocks", "load_model",
-    "ModuleReport", "QuantRun", "quantize_model",
+    "ModuleReport", "QuantRun", "fp_hessians", "quantize_model",
     "MatrixResult", "NonFiniteError", "bits_per_weight", "importance_scores", "quantize_matrix", "select_mask",
 ]

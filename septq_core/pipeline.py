@@ -100,6 +100,7 @@ class _Inputs:
 
     def __init__(self, hidden: list[torch.Tensor], kwargs: list[dict]):
         self.hidden, self.kwargs = hidden, kwargs
+        self.n_seq = 0  # sequences in the mini-batch being run
 
     def run(self, block, cancel=None, replay: _Replay | None = None, record: bool = True):
         """Run `block` on every mini-batch; a hook may end a pass early with _StopForward."""
@@ -111,6 +112,7 @@ class _Inputs:
                 for i, (x, kw) in enumerate(zip(self.hidden, self.kwargs)):
                     if cancel is not None and cancel.is_set():
                         raise Cancelled("Quantization was cancelled.")
+                    self.n_seq = x.shape[0]
                     if replay is not None:
                         replay.batch = i
                     try:
@@ -217,7 +219,7 @@ def collect_hessians(block, groups: list[list[str]], inputs: _Inputs, work, canc
         h = acc[group[0]] = Hessian(first.in_features, work)
 
         def hook(module, args, h=h, last=(gi == len(groups) - 1)):
-            h.add_batch(args[0])
+            h.add_batch(args[0], inputs.n_seq)
             if last:
                 raise _StopForward
 
@@ -372,26 +374,44 @@ def quantize_model(loaded: LoadedModel, cfg: QuantConfig, calib: CalibrationSet 
     return QuantRun(qmodel, cfg, loaded.source, reports, masks, grids, seconds, calibration_info)
 
 
+def _fp_block_hessians(blocks, groups, inputs: _Inputs, work, home, cancel=None):
+    """Yield (b, block, {name: H}) from one full-precision pass over all blocks."""
+    fp_inputs = _Inputs(list(inputs.hidden), inputs.kwargs)
+    for b, block in enumerate(blocks):
+        block.to(work)
+        yield b, block, collect_hessians(block, groups, fp_inputs, work, cancel)
+        if b + 1 < len(blocks):
+            fp_inputs.hidden = fp_inputs.run(block, cancel)
+        block.to(home)
+
+
 def _model_scope_masks(blocks, groups, inputs: _Inputs, cfg, work, home, timers, tick, cancel) -> dict[str, torch.Tensor]:
     """Scores of every module from one full-precision calibration pass, ranked together."""
     scores: dict[str, torch.Tensor] = {}
-    hidden = inputs.hidden
-    fp_inputs = _Inputs(list(hidden), inputs.kwargs)
-    for b, block in enumerate(blocks):
-        block.to(work)
-        linears = block_linears(block)
-        t = time.perf_counter()
-        H_all = collect_hessians(block, groups, fp_inputs, work, cancel)
+    t = time.perf_counter()
+    for b, block, H_all in _fp_block_hessians(blocks, groups, inputs, work, home, cancel):
         timers["calibration_forward"] += time.perf_counter() - t
         t = time.perf_counter()
+        linears = block_linears(block)
         for n, H in H_all.items():
             scores[f"{b}.{n}"] = importance_scores(linears[n].weight, H, cfg, f"{b}.{n}").cpu()
         timers["solver"] += time.perf_counter() - t
-        del H_all
-        if b + 1 < len(blocks):
-            t = time.perf_counter()
-            fp_inputs.hidden = fp_inputs.run(block, cancel)
-            timers["calibration_forward"] += time.perf_counter() - t
-        block.to(home)
         tick(f"block {b}/{len(blocks)}: full-precision scores for the model-wide budget")
+        t = time.perf_counter()
     return select_mask(scores, cfg.reserve_ratio, "model")
+
+
+def fp_hessians(loaded: LoadedModel, calib: CalibrationSet, progress=None, cancel=None) -> dict[str, torch.Tensor]:
+    """H of every linear module ("block.module" -> cols x cols, on CPU) from one
+    full-precision pass of the loaded model over `calib`; the model is not modified.
+    Modules of a group (q/k/v, gate/up) share one tensor."""
+    model = loaded.model
+    blocks = find_blocks(model)
+    inputs = capture_block0_inputs(model, calib.input_ids, loaded.device, _batch_size(calib.seqlen, loaded.device), cancel)
+    out: dict[str, torch.Tensor] = {}
+    for b, _block, H_all in _fp_block_hessians(blocks, loaded.groups, inputs, loaded.device, loaded.device, cancel):
+        cpu = {id(H): H.cpu() for H in H_all.values()}
+        out.update({f"{b}.{n}": cpu[id(H)] for n, H in H_all.items()})
+        if progress is not None:
+            progress(b + 1, len(blocks), f"block {b}: inputs collected")
+    return out

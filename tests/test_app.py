@@ -24,8 +24,11 @@ def test_model_page_shows_card_and_the_library_perplexity(app, tiny_model_dir):
     assert metrics["Hidden size"] == "64"
     expected = sq.perplexity(lm.model, lm.tokenizer, "demo", seqlen=512, max_windows=4).value
     assert metrics["Perplexity on demo (bundled text)"] == f"{expected:.3f}"
-    for key in ("ppl_corpus", "ppl_seqlen", "ppl_windows", "gen_prompt", "gen_button", "source_kind", "device"):
-        assert app.get(key) is not None or key in {w.key for w in app.main} or True
+    widgets = [(app.selectbox, "ppl_corpus"), (app.select_slider, "ppl_seqlen"), (app.number_input, "ppl_windows"),
+               (app.text_area, "gen_prompt"), (app.button, "gen_button"), (app.selectbox, "source_kind"),
+               (app.selectbox, "device"), (app.selectbox, "dtype"), (app.button, "load_model")]
+    for find, key in widgets:
+        assert find(key=key).key == key  # raises KeyError when a widget is missing
     assert app.selectbox(key="ppl_corpus").value == "demo"
 
 

@@ -153,3 +153,35 @@ def test_replaying_recorded_outputs_changes_nothing(tiny, monkeypatch):
     for a, b in zip(with_replay.model.parameters(), without.model.parameters()):
         assert torch.equal(a, b)
     assert all("forward" not in m.__dict__ for m in with_replay.model.modules())
+
+
+def test_fp_hessians_equal_inputs_of_the_full_precision_model(tiny):
+    calib = sq.calibration_windows(tiny.tokenizer, "demo", 4, 64, 0)
+    before = state(tiny.model)
+    seen = []
+    Hs = sq.fp_hessians(tiny, calib, progress=lambda d, t, m: seen.append((d, t)))
+    assert seen[-1] == (2, 2)
+    inputs, hooks = {}, []
+    for b, block in enumerate(sq.find_blocks(tiny.model)):
+        for name, lin in block_linears(block).items():
+            hooks.append(lin.register_forward_pre_hook(
+                lambda m, a, key=f"{b}.{name}": inputs.setdefault(key, a[0].detach().clone())))
+    with torch.no_grad():
+        tiny.model(input_ids=calib.input_ids, use_cache=False)
+    for h in hooks:
+        h.remove()
+    assert set(Hs) == set(inputs)
+    for key, x in inputs.items():
+        x = x.reshape(-1, x.shape[-1]).double()
+        torch.testing.assert_close(Hs[key].double(), 2 / calib.nsamples * x.t() @ x, rtol=1e-4, atol=1e-5)
+    after = state(tiny.model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_hessian_counts_sequences_of_a_flattened_batch():
+    x = torch.randn(3, 5, 8)
+    a, b = sq.Hessian(8), sq.Hessian(8)
+    a.add_batch(x)
+    b.add_batch(x.reshape(15, 8), n_seq=3)  # OPT's fc1/fc2 see (sequences * tokens, cols)
+    torch.testing.assert_close(a.H, b.H)
+    assert b.nsamples == 3

@@ -18,7 +18,7 @@ bench: $(VENV)/.installed
 	$(PY) -m bench
 
 lint: $(VENV)/.dev
-	$(PY) -m ruff check septq_core tests bench app.py pages
+	$(PY) -m ruff check septq_core tests bench app.py views
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

@@ -1,6 +1,10 @@
 """SEPTQ Explorer: the frame (page config, model picker in the sidebar, navigation).
 
-Pages in pages/ only draw: they read the loaded model from st.session_state["lm"]
+The pages live in views/, not pages/: Streamlit still auto-discovers a pages/
+folder beside the entry point, and then a direct link to a page runs that page
+without this frame (no model picker, legacy navigation).
+
+Pages in views/ only draw: they read the loaded model from st.session_state["lm"]
 and call septq_core. The full-precision model is loaded once per source and
 shared by every browser session (st.cache_resource); no page modifies it.
 """
@@ -58,6 +62,9 @@ def model_picker() -> None:
                            f"weights {lm.card['weights']}")
 
 
-pages = [st.Page("pages/model.py", title="Model", icon="🧠", default=True)]
+pages = [
+    st.Page("views/model.py", title="Model", icon=":material/memory:", default=True),
+    st.Page("views/importance.py", title="Importance", icon=":material/grid_on:"),
+]
 model_picker()
 st.navigation(pages).run()

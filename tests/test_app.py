@@ -58,3 +58,19 @@ def test_bad_model_source_is_a_message(tiny_model_dir, tmp_path):
     assert not at.exception
     assert any("config.json" in e.value for e in at.sidebar.error)
     assert any("No model is loaded" in i.value for i in at.info)
+
+
+def test_importance_page_shows_the_library_mask(app, tiny_model_dir):
+    app.switch_page("views/importance.py").run()
+    assert not app.exception
+    lm = sq.load_model(str(tiny_model_dir("llama")))
+    cfg = sq.QuantConfig.preset("preview")
+    H = sq.fp_hessians(lm, sq.calibration_windows(lm.tokenizer, "demo", cfg.nsamples, cfg.seqlen, cfg.seed))
+    W = sq.find_blocks(lm.model)[0].self_attn.q_proj.weight
+    S = sq.importance_scores(W, H["0.self_attn.q_proj"], cfg)
+    expected = int(sq.select_mask({"q": S}, 0.01)["q"].sum())
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics["Reserved weights"] == f"{expected:,}"
+    app.selectbox(key="imp_module").select("mlp.down_proj").run()
+    assert not app.exception
+    assert {m.label: m.value for m in app.metric}["Matrix"] == "64 x 128"

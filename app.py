@@ -65,6 +65,7 @@ def model_picker() -> None:
 pages = [
     st.Page("views/model.py", title="Model", icon=":material/memory:", default=True),
     st.Page("views/importance.py", title="Importance", icon=":material/grid_on:"),
+    st.Page("views/quantize.py", title="Quantize", icon=":material/compress:"),
 ]
 model_picker()
 st.navigation(pages).run()

@@ -74,3 +74,27 @@ def test_importance_page_shows_the_library_mask(app, tiny_model_dir):
     app.selectbox(key="imp_module").select("mlp.down_proj").run()
     assert not app.exception
     assert {m.label: m.value for m in app.metric}["Matrix"] == "64 x 128"
+
+
+def test_quantize_page_runs_a_job_and_keeps_the_run(app):
+    import time
+
+    app.switch_page("views/quantize.py").run()
+    assert not app.exception
+    app.selectbox(key="q_method").select("gptq")  # form widgets: their values arrive with the submit
+    app.number_input(key="q_nsamples").set_value(4)
+    app.number_input(key="q_seqlen").set_value(64)
+    app.button(key="FormSubmitter:quant_form-Quantize").click().run()
+    assert not app.exception
+    job = app.session_state["job"]
+    assert job.wait(120) == "done"
+    for _ in range(3):  # the page collects the finished job on its next runs
+        app.run()
+        time.sleep(0.1)
+    assert not app.exception
+    runs = app.session_state["runs"]
+    assert len(runs) == 1 and runs[0]["label"] == "GPTQ 3-bit"
+    assert runs[0]["config"].nsamples == 4 and runs[0]["config"].seqlen == 64
+    table = app.dataframe[0].value  # the runs table comes first
+    assert table["label"].tolist() == ["GPTQ 3-bit"]
+    assert table["bits per weight"].iloc[0] == round(runs[0]["run"].bits_per_weight, 4)

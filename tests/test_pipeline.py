@@ -19,6 +19,20 @@ def tiny(request, tiny_model_dir):
     return sq.load_model(str(tiny_model_dir(request.param)))
 
 
+def linear_inputs(model, input_ids) -> dict[str, torch.Tensor]:
+    """The input of every linear module ("block.module") in one plain forward pass."""
+    inputs, hooks = {}, []
+    for b, block in enumerate(sq.find_blocks(model)):
+        for name, lin in block_linears(block).items():
+            hooks.append(lin.register_forward_pre_hook(
+                lambda m, a, key=f"{b}.{name}": inputs.setdefault(key, a[0].detach().clone())))
+    with torch.no_grad():
+        model(input_ids=input_ids, use_cache=False)
+    for h in hooks:
+        h.remove()
+    return inputs
+
+
 def state(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -41,16 +55,7 @@ def test_true_sequential_H_equals_inputs_of_the_quantized_model(tiny):
     calib = sq.calibration_windows(tiny.tokenizer, "demo", 4, 64, 0)
     run = sq.quantize_model(tiny, cfg, calib=calib)
     fp_blocks, q_blocks = sq.find_blocks(tiny.model), sq.find_blocks(run.model)
-    inputs = {}
-    hooks = []
-    for b, block in enumerate(q_blocks):
-        for name, lin in block_linears(block).items():
-            hooks.append(lin.register_forward_pre_hook(
-                lambda m, a, key=f"{b}.{name}": inputs.setdefault(key, a[0].detach().clone())))
-    with torch.no_grad():
-        run.model(input_ids=calib.input_ids, use_cache=False)
-    for h in hooks:
-        h.remove()
+    inputs = linear_inputs(run.model, calib.input_ids)
     for b, block in enumerate(fp_blocks):
         for name, lin in block_linears(block).items():
             x = inputs[f"{b}.{name}"].reshape(-1, lin.in_features).double()
@@ -161,15 +166,7 @@ def test_fp_hessians_equal_inputs_of_the_full_precision_model(tiny):
     seen = []
     Hs = sq.fp_hessians(tiny, calib, progress=lambda d, t, m: seen.append((d, t)))
     assert seen[-1] == (2, 2)
-    inputs, hooks = {}, []
-    for b, block in enumerate(sq.find_blocks(tiny.model)):
-        for name, lin in block_linears(block).items():
-            hooks.append(lin.register_forward_pre_hook(
-                lambda m, a, key=f"{b}.{name}": inputs.setdefault(key, a[0].detach().clone())))
-    with torch.no_grad():
-        tiny.model(input_ids=calib.input_ids, use_cache=False)
-    for h in hooks:
-        h.remove()
+    inputs = linear_inputs(tiny.model, calib.input_ids)
     assert set(Hs) == set(inputs)
     for key, x in inputs.items():
         x = x.reshape(-1, x.shape[-1]).double()

@@ -66,6 +66,7 @@ pages = [
     st.Page("views/model.py", title="Model", icon=":material/memory:", default=True),
     st.Page("views/importance.py", title="Importance", icon=":material/grid_on:"),
     st.Page("views/quantize.py", title="Quantize", icon=":material/compress:"),
+    st.Page("views/compare.py", title="Compare", icon=":material/compare_arrows:"),
 ]
 model_picker()
 st.navigation(pages).run()

@@ -98,3 +98,15 @@ def generate(models, tokenizer, prompts: list[str], max_new_tokens: int = 40, se
             texts.append(tokenizer.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
         out[name] = texts
     return out["model"] if single else out
+
+
+def diff_words(reference: str, text: str) -> list[tuple[str, bool]]:
+    """The words of `text`, each with True where it matches `reference` (difflib alignment)."""
+    import difflib
+
+    ref, words = reference.split(), text.split()
+    same = [False] * len(words)
+    for block in difflib.SequenceMatcher(a=ref, b=words, autojunk=False).get_matching_blocks():
+        for i in range(block.b, block.b + block.size):
+            same[i] = True
+    return list(zip(words, same))

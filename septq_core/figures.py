@@ -70,3 +70,20 @@ def reserved_per_axis(mask: torch.Tensor, axis: str, title: str) -> go.Figure:
     fig.update_layout(title=title, xaxis_title=label, yaxis_title="reserved weights (count)",
                       margin={"t": 50, "l": 60, "r": 20, "b": 50})
     return fig
+
+
+def perplexity_vs_bits(rows: list[dict], corpus: str) -> go.Figure:
+    """Perplexity against bits per weight, one point per run (rows: label, method, bits_per_weight, ppl).
+
+    The size-fair comparison: a method that reserves weights in full precision
+    pays for them in bits, so compare points at the same x, not the same `bits`."""
+    fig = go.Figure()
+    for method in dict.fromkeys(r["method"] for r in rows):
+        pts = sorted((r for r in rows if r["method"] == method), key=lambda r: r["bits_per_weight"])
+        fig.add_trace(go.Scatter(x=[r["bits_per_weight"] for r in pts], y=[r["ppl"] for r in pts],
+                                 mode="lines+markers", name=method.upper() if method != "fp" else "FP",
+                                 text=[r["label"] for r in pts],
+                                 hovertemplate="%{text}<br>%{x:.3f} bits/weight<br>perplexity %{y:.3f}<extra></extra>"))
+    fig.update_layout(title=f"Perplexity on {corpus} against bits per weight", xaxis_title="bits per weight",
+                      yaxis_title="perplexity (log scale)", yaxis_type="log", margin={"t": 50, "l": 60, "r": 20, "b": 50})
+    return fig

@@ -98,3 +98,22 @@ def test_quantize_page_runs_a_job_and_keeps_the_run(app):
     table = app.dataframe[0].value  # the runs table comes first
     assert table["label"].tolist() == ["GPTQ 3-bit"]
     assert table["bits per weight"].iloc[0] == round(runs[0]["run"].bits_per_weight, 4)
+
+
+def test_compare_page_shows_library_perplexities_and_generations(app, tiny_model_dir):
+    lm = sq.load_model(str(tiny_model_dir("llama")))
+    cfg = sq.QuantConfig(method="septq", bits=2, calib="demo", nsamples=4, seqlen=64)
+    run = sq.quantize_model(lm, cfg)
+    app.session_state["runs"] = [{"label": cfg.label, "config": cfg, "run": run}]
+    app.switch_page("views/compare.py").run()
+    assert not app.exception
+    table = app.dataframe[0].value
+    expected = sq.perplexity(run.model, lm.tokenizer, "demo", seqlen=512, max_windows=4).value
+    assert table["demo"].iloc[1] == pytest.approx(expected)
+    assert table["bits per weight"].iloc[1] == pytest.approx(run.bits_per_weight)
+    app.button(key="cmp_generate").click().run()
+    assert not app.exception
+    texts = sq.generate({"FP": lm.model, "run 0": run.model}, lm.tokenizer, ["The capital of France is"], 40, 0)
+    shown = " ".join(m.value for m in app.markdown)
+    for word in texts["FP"][0].split()[:3]:
+        assert word in shown

@@ -137,3 +137,12 @@ def test_generate_sampling_same_seed(llama):
 def test_generate_empty_prompt(llama, prompts):
     with pytest.raises(ValueError, match="non-empty prompt"):
         generate(llama.model, llama.tokenizer, prompts, max_new_tokens=3)
+
+
+def test_diff_words_marks_what_differs_from_the_reference():
+    from septq_core.evaluate import diff_words
+
+    marked = diff_words("the cat sat on the mat", "the dog sat on a mat today")
+    assert marked == [("the", True), ("dog", False), ("sat", True), ("on", True), ("a", False), ("mat", True),
+                      ("today", False)]
+    assert diff_words("", "") == []

@@ -46,3 +46,15 @@ def test_reserved_per_axis_counts():
     cols = reserved_per_axis(mask, "column", "per column")
     assert list(rows.data[0].y)[3] == 2 and sum(rows.data[0].y) == 3
     assert list(cols.data[0].y)[4] == 2 and cols.layout.xaxis.title.text == "input channel (column)"
+
+
+def test_perplexity_vs_bits_one_line_per_method_sorted_by_size():
+    from septq_core.figures import perplexity_vs_bits
+
+    rows = [{"label": "GPTQ 3", "method": "gptq", "bits_per_weight": 3.05, "ppl": 40.0},
+            {"label": "GPTQ 2", "method": "gptq", "bits_per_weight": 2.05, "ppl": 900.0},
+            {"label": "SEPTQ 2", "method": "septq", "bits_per_weight": 2.37, "ppl": 80.0}]
+    fig = perplexity_vs_bits(rows, "demo")
+    assert [t.name for t in fig.data] == ["GPTQ", "SEPTQ"]
+    assert list(fig.data[0].x) == [2.05, 3.05] and list(fig.data[0].y) == [900.0, 40.0]
+    assert fig.layout.xaxis.title.text == "bits per weight" and fig.layout.yaxis.type == "log"

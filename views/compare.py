@@ -35,7 +35,7 @@ windows = c3.number_input("Windows (0 = all)", 0, 10_000, 4, key="cmp_windows")
 cache: dict = st.session_state.setdefault("perplexities", {})  # (model key, corpus, seqlen, windows) -> value
 rows = []
 with st.spinner("Computing perplexities..."):
-    for key, (model, info) in models.items():
+    for model, info in models.values():
         row = dict(info)
         for corpus in corpora:
             ck = (info["label"], corpus, int(seqlen), int(windows))

@@ -38,7 +38,7 @@ $(VENV)/.dev: $(VENV)/.installed
 	$(PY) -m pip install -e ".[dev]"
 	@touch $@
 
-# Debian's Chromium for the browser tests (never `playwright install`: it downloads a browser).
+# Debian's Chromium for the browser tests (Playwright's own browser download does not work offline).
 chromium:
 	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ]; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; fi

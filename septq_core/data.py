@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 CORPORA = ("wikitext2", "ptb", "c4", "demo")
+CORPUS_LABELS = {"demo": "demo (bundled text)", "wikitext2": "WikiText-2 test", "ptb": "PTB test", "c4": "C4 validation"}
 DEMO_PATH = Path(__file__).resolve().parent.parent / "assets" / "demo.txt"
 C4_EVAL_DOCS = 1100
 C4_EVAL_WINDOWS = 256

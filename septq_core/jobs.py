@@ -26,6 +26,8 @@ class Job:
     started: float = 0.0
     finished: float = 0.0
     cancel: threading.Event = field(default_factory=threading.Event)
+    config: object = None  # what the job was started with, for whoever keeps its result
+    collected: bool = False  # set by the page once it has kept the result
 
     def start(self, fn, *args, **kwargs) -> Job:
         self.status, self.started = "running", time.time()

@@ -7,10 +7,9 @@ import streamlit as st
 import torch
 
 import septq_core as sq
+from septq_core.data import CORPUS_LABELS
 from septq_core.evaluate import diff_words
 from septq_core.figures import perplexity_vs_bits
-
-CORPUS_LABELS = {"demo": "demo (bundled text)", "wikitext2": "WikiText-2 test", "ptb": "PTB test", "c4": "C4 validation"}
 
 st.title("Compare")
 lm = st.session_state.get("lm")

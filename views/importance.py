@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 import septq_core as sq
+from septq_core.data import CORPUS_LABELS
 from septq_core.figures import reserved_per_axis, score_heatmap, score_histogram
 from septq_core.importance import CRITERIA, criteria_masks, criteria_scores, jaccard, top_reserved
 
@@ -24,7 +25,7 @@ preview = sq.QuantConfig.preset("preview")
 
 with st.expander("Calibration inputs (full precision)", expanded=False):
     c1, c2, c3, c4 = st.columns(4)
-    corpus = c1.selectbox("Corpus", ["demo", "wikitext2", "ptb", "c4"], key="imp_corpus")
+    corpus = c1.selectbox("Corpus", list(CORPUS_LABELS), format_func=CORPUS_LABELS.get, key="imp_corpus")
     nsamples = c2.number_input("Samples", 1, 256, preview.nsamples, key="imp_nsamples")
     seqlen = c3.select_slider("Tokens per sample", [128, 256, 512, 1024, 2048], preview.seqlen, key="imp_seqlen")
     seed = c4.number_input("Seed", 0, 2**31 - 1, preview.seed, key="imp_seed")

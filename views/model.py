@@ -4,8 +4,7 @@ import pandas as pd
 import streamlit as st
 
 import septq_core as sq
-
-CORPUS_LABELS = {"demo": "demo (bundled text)", "wikitext2": "WikiText-2 test", "ptb": "PTB test", "c4": "C4 validation"}
+from septq_core.data import CORPUS_LABELS
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

@@ -46,8 +46,7 @@ if submitted:
     except sq.ConfigError as exc:
         st.error(str(exc))
     else:
-        job = st.session_state["job"] = Job(cfg.label).start(sq.quantize_model, lm, cfg)
-        job.config = cfg
+        job = st.session_state["job"] = Job(cfg.label, config=cfg).start(sq.quantize_model, lm, cfg)
 
 
 @st.fragment(run_every=1.0 if job is not None and job.running else None)
@@ -64,7 +63,7 @@ def job_panel():
             job.cancel.set()
             st.info("Cancelling: the run stops after the module in work.")
         return
-    if not getattr(job, "collected", False):  # once: keep the run, then redraw the whole page
+    if not job.collected:  # once: keep the run, then redraw the whole page
         job.collected = True
         if job.status == "done":
             runs.append({"label": job.label, "config": job.config, "run": job.result})

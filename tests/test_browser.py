@@ -76,6 +76,7 @@ def test_load_heatmap_quantize_compare(server):
 
         page.get_by_role("link", name="Importance").click()
         page.wait_for_selector("text=Top reserved weights", timeout=300_000)
+        page.locator(".js-plotly-plot").nth(2).wait_for(timeout=60_000)  # plotly's bundle loads after the text
         assert page.locator(".js-plotly-plot").count() >= 3
         shot("importance")
 

@@ -65,8 +65,10 @@ def model_picker() -> None:
 pages = [
     st.Page("views/model.py", title="Model", icon=":material/memory:", default=True),
     st.Page("views/importance.py", title="Importance", icon=":material/grid_on:"),
+    st.Page("views/mask.py", title="Mask", icon=":material/blur_on:"),
     st.Page("views/quantize.py", title="Quantize", icon=":material/compress:"),
     st.Page("views/compare.py", title="Compare", icon=":material/compare_arrows:"),
+    st.Page("views/learn.py", title="Learn", icon=":material/school:"),
 ]
 model_picker()
 st.navigation(pages).run()

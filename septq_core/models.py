@@ -42,6 +42,7 @@ class LoadedModel:
     card: dict = field(default_factory=dict)
     groups: list[list[str]] = field(default_factory=list)  # linear modules of a block, by shared input
     block_events: list[tuple[str, str]] = field(default_factory=list)  # submodules of a block starting / returning
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)  # held while hooks sit on `model`
 
     @property
     def blocks(self) -> nn.ModuleList:

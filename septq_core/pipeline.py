@@ -9,6 +9,7 @@ block in work sits on the work device; H lives only while its block is in work.
 from __future__ import annotations
 
 import copy
+import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -178,6 +179,22 @@ def _replay_fits(linears: dict, groups: list[list[str]], inputs: _Inputs, budget
     return tokens * width * itemsize <= budget
 
 
+def _owned(hook):
+    """A hook that acts only in the thread that installs it.
+
+    The full-precision model is shared by every browser session: while one
+    collects inputs with hooks on it (`fp_hessians`), another may run it for a
+    perplexity; that forward pass must neither feed nor trip these hooks."""
+    owner = threading.get_ident()
+
+    def wrapped(*args, **kwargs):
+        if threading.get_ident() == owner:
+            return hook(*args, **kwargs)
+        return None
+
+    return wrapped
+
+
 def capture_block0_inputs(model, input_ids: torch.Tensor, work: torch.device, batch_size: int, cancel=None) -> _Inputs:
     """The inputs (and every keyword argument) that decoder block 0 receives."""
     block0 = find_blocks(model)[0]
@@ -188,7 +205,7 @@ def capture_block0_inputs(model, input_ids: torch.Tensor, work: torch.device, ba
         seen["kw"] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
         raise _StopForward
 
-    handle = block0.register_forward_pre_hook(hook, with_kwargs=True)
+    handle = block0.register_forward_pre_hook(_owned(hook), with_kwargs=True)
     device = next(model.parameters()).device
     hidden, kwargs = [], []
     try:
@@ -223,7 +240,7 @@ def collect_hessians(block, groups: list[list[str]], inputs: _Inputs, work, canc
             if last:
                 raise _StopForward
 
-        handles.append(first.register_forward_pre_hook(hook))
+        handles.append(first.register_forward_pre_hook(_owned(hook)))
     try:
         inputs.run(block, cancel, replay)
     finally:
@@ -282,7 +299,8 @@ def quantize_model(loaded: LoadedModel, cfg: QuantConfig, calib: CalibrationSet 
     t_start = time.perf_counter()
     timers = {"calibration_forward": 0.0, "solver": 0.0}
     work = torch.device(device) if device is not None else loaded.device
-    qmodel = copy.deepcopy(loaded.model)
+    with loaded.lock:  # not while another session has hooks on the shared model (fp_hessians)
+        qmodel = copy.deepcopy(loaded.model)
     home = next(qmodel.parameters()).device
     blocks = find_blocks(qmodel)
     groups = loaded.groups
@@ -405,13 +423,15 @@ def fp_hessians(loaded: LoadedModel, calib: CalibrationSet, progress=None, cance
     """H of every linear module ("block.module" -> cols x cols, on CPU) from one
     full-precision pass of the loaded model over `calib`; the model is not modified.
     Modules of a group (q/k/v, gate/up) share one tensor."""
-    model = loaded.model
-    blocks = find_blocks(model)
-    inputs = capture_block0_inputs(model, calib.input_ids, loaded.device, _batch_size(calib.seqlen, loaded.device), cancel)
-    out: dict[str, torch.Tensor] = {}
-    for b, _block, H_all in _fp_block_hessians(blocks, loaded.groups, inputs, loaded.device, loaded.device, cancel):
-        cpu = {id(H): H.cpu() for H in H_all.values()}
-        out.update({f"{b}.{n}": cpu[id(H)] for n, H in H_all.items()})
-        if progress is not None:
-            progress(b + 1, len(blocks), f"block {b}: inputs collected")
+    with loaded.lock:  # one hooked pass at a time on the shared model; other forward passes go on
+        model = loaded.model
+        blocks = find_blocks(model)
+        inputs = capture_block0_inputs(model, calib.input_ids, loaded.device, _batch_size(calib.seqlen, loaded.device),
+                                       cancel)
+        out: dict[str, torch.Tensor] = {}
+        for b, _block, H_all in _fp_block_hessians(blocks, loaded.groups, inputs, loaded.device, loaded.device, cancel):
+            cpu = {id(H): H.cpu() for H in H_all.values()}
+            out.update({f"{b}.{n}": cpu[id(H)] for n, H in H_all.items()})
+            if progress is not None:
+                progress(b + 1, len(blocks), f"block {b}: inputs collected")
     return out

@@ -201,11 +201,14 @@ def quantize_matrix(
     cfg: QuantConfig,
     mask: torch.Tensor | None = None,
     name: str | None = None,
+    observe=None,
 ) -> MatrixResult:
     """Quantize one matrix W (rows x cols) given its raw accumulated H (cols x cols).
 
     `mask` overrides step 6 (used by the shared "layer" and "model" budgets).
-    Neither W nor H is modified.
+    `observe(end, Q, W, row_loss)` is called after each block of the sweep (see
+    `_sweep`; the Learn page uses blocksize 1 to see every column). Neither W nor
+    H is modified.
     """
     t0 = time.perf_counter()
     if W.ndim != 2:
@@ -250,7 +253,7 @@ def quantize_matrix(
             M = M if perm is None else M[:, perm]
         else:
             M = _top_mask(S.flatten(), reserve_count(S.numel(), cfg.reserve_ratio)).view(S.shape)
-        Q, row_loss = _sweep(prep, M, scale, zero, cfg)
+        Q, row_loss = _sweep(prep, M, scale, zero, cfg, observe)
         Q, M, S = (_unpermute(t, perm) for t in (Q, M, S))
 
     Q[:, prep.dead] = 0
@@ -266,10 +269,13 @@ def quantize_matrix(
     )
 
 
-def _sweep(prep: PreparedHessian, M: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, cfg: QuantConfig):
+def _sweep(prep: PreparedHessian, M: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, cfg: QuantConfig,
+           observe=None):
     """Step 7: the GPTQ column sweep, reserved entries kept and sending no error.
 
-    All tensors are in sweep order. Returns (Q, loss of each row)."""
+    All tensors are in sweep order. Returns (Q, loss of each row). After each
+    block, `observe(end, Q, W, row_loss)` may look (not write): columns < end of
+    Q are final, columns >= end of W hold the weights updated so far."""
     W, U = prep.W.clone(), prep.U
     rows, cols = W.shape
     maxq = 2**cfg.bits - 1
@@ -311,4 +317,6 @@ def _sweep(prep: PreparedHessian, M: torch.Tensor, scale: torch.Tensor, zero: to
         Q[:, i1:i2] = W1
         row_loss += Err1.pow(2).sum(1)
         W[:, i2:].addmm_(Err1, U[i1:i2, i2:], alpha=-1)  # lazy batch update of all later columns
+        if observe is not None:
+            observe(i2, Q, W, row_loss)
     return Q, row_loss

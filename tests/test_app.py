@@ -117,3 +117,54 @@ def test_compare_page_shows_library_perplexities_and_generations(app, tiny_model
     shown = " ".join(m.value for m in app.markdown)
     for word in texts["FP"][0].split()[:3]:
         assert word in shown
+
+
+def test_mask_page_shows_the_library_budgets_and_stability(app, tiny_model_dir):
+    import math
+
+    app.switch_page("views/mask.py").run()
+    assert not app.exception
+    lm = sq.load_model(str(tiny_model_dir("llama")))
+    sizes = [m.weight.numel() for block in sq.find_blocks(lm.model) for n, m in block.named_modules()
+             if n in lm.module_names]
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics["matrix scope: reserved"] == f"{sum(math.floor(0.01 * s) for s in sizes):,}"
+    assert metrics["model scope: reserved"] == f"{math.floor(0.01 * sum(sizes)):,}"
+    assert metrics["layer scope: reserved"] == f"{2 * math.floor(0.01 * sum(sizes) / 2):,}"  # blocks of equal size
+
+    app.button(key="mask_stability").click().run()  # default: the reference against seed 1
+    assert not app.exception
+    cfg = sq.QuantConfig.preset("preview")
+    masks = []
+    for seed in (cfg.seed, 1):
+        H = sq.fp_hessians(lm, sq.calibration_windows(lm.tokenizer, "demo", cfg.nsamples, cfg.seqlen, seed))
+        W = sq.find_blocks(lm.model)[1].mlp.up_proj.weight
+        masks.append(sq.select_mask({"m": sq.importance_scores(W, H["1.mlp.up_proj"], cfg)}, 0.01)["m"])
+    expected = int((masks[0] & masks[1]).sum()) / int((masks[0] | masks[1]).sum())
+    table = app.dataframe[0].value  # the only table of the page
+    assert table["calibration"].tolist() == ["demo, seed 1"]
+    stability = app.session_state["mask_stability_results"]
+    (only,) = stability.values()
+    assert only["1.mlp.up_proj"] == pytest.approx(expected)
+    assert table["mean Jaccard"].iloc[0] == pytest.approx(sum(only.values()) / len(only))
+
+
+def test_learn_page_steps_through_the_library_sweep(app):
+    from septq_core.learn import demo_problem, walkthrough
+
+    app.switch_page("views/learn.py").run()
+    assert not app.exception
+    W, H = demo_problem(12, 24, 0)
+    cfg = sq.QuantConfig(method="septq", bits=2, reserve_ratio=0.03)
+    expected = {m: walkthrough(W, H, cfg.replace(method=m)) for m in ("gptq", "septq")}
+    assert {m.label: m.value for m in app.metric}["GPTQ running loss"] == "0"
+    app.button(key="learn_next").click().run()
+    app.button(key="learn_next").click().run()
+    assert not app.exception
+    assert app.slider(key="learn_step").value == 2
+    metrics = {m.label: m.value for m in app.metric}
+    for m in ("gptq", "septq"):
+        assert metrics[f"{m.upper()} running loss"] == f"{expected[m].steps[2].loss:.4g}"
+    assert metrics["SEPTQ reserved"] == str(int(0.03 * 12 * 24)) and metrics["GPTQ reserved"] == "0"
+    app.button(key="learn_reset").click().run()
+    assert app.slider(key="learn_step").value == 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 
+import torch
+
 import septq_core as sq
 from septq_core.jobs import Job
 
@@ -42,3 +44,46 @@ def test_job_failure_is_a_message(tiny_model_dir):
     job = Job("bad").start(sq.quantize_model, lm, CFG.replace(calib="missing-file.txt"))
     assert job.wait(60) == "failed"
     assert "missing-file.txt" in job.error and "does not exist" in job.error
+
+
+def test_two_jobs_at_once_each_equal_a_run_alone(tiny_model_dir):
+    """Two browser tabs quantizing the one shared model at the same time."""
+    lm = sq.load_model(str(tiny_model_dir("llama")))
+    before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    configs = [CFG, CFG.replace(method="gptq", bits=2, seed=1)]
+    jobs = [Job(c.label).start(sq.quantize_model, lm, c) for c in configs]
+    assert [j.wait(180) for j in jobs] == ["done", "done"]
+    for job, cfg in zip(jobs, configs):
+        alone = sq.quantize_model(lm, cfg)
+        for (name, a), b in zip(alone.model.state_dict().items(), job.result.model.state_dict().values()):
+            assert torch.equal(a, b), (cfg.label, name)
+        assert all(torch.equal(alone.masks[k], job.result.masks[k]) for k in alone.masks)
+    assert all(torch.equal(v, before[k]) for k, v in lm.model.state_dict().items())
+
+
+def test_hooked_pass_does_not_disturb_another_sessions_forward(tiny_model_dir):
+    """fp_hessians puts hooks on the shared model; a perplexity run from another thread
+    at the same time neither trips them nor feeds them."""
+    lm = sq.load_model(str(tiny_model_dir("llama")))
+    calib = sq.calibration_windows(lm.tokenizer, "demo", 8, 64, 0)
+    H_alone = sq.fp_hessians(lm, calib)
+    ppl_alone = sq.perplexity(lm.model, lm.tokenizer, "demo", seqlen=64, max_windows=6).value
+    stop, seen, errors = threading.Event(), [], []
+
+    def other_session():
+        try:
+            while not stop.is_set():
+                seen.append(sq.perplexity(lm.model, lm.tokenizer, "demo", seqlen=64, max_windows=6).value)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=other_session)
+    thread.start()
+    try:
+        results = [sq.fp_hessians(lm, calib) for _ in range(3)]
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not errors and seen and all(p == ppl_alone for p in seen)
+    for H in results:
+        assert all(torch.equal(H[k], H_alone[k]) for k in H_alone)

@@ -1,0 +1,83 @@
+"""What several pages draw the same way: the "no model" notice and the full-precision calibration inputs.
+
+Cached resources live here once, so that every page (and every browser session)
+shares them under the same explicit key.
+"""
+
+import streamlit as st
+
+import septq_core as sq
+from septq_core.data import CORPUS_LABELS
+from septq_core.importance import MaskAtlas, mask_atlas, model_bases, model_scores
+
+
+def require_model() -> sq.LoadedModel:
+    lm = st.session_state.get("lm")
+    if lm is None:
+        st.info("No model is loaded yet: choose one in the sidebar.")
+        st.stop()
+    return lm
+
+
+def model_key(lm: sq.LoadedModel) -> tuple:
+    return lm.card["source"], lm.card["device"], lm.card["dtype"]
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def hessians(_lm, key: tuple, corpus: str, nsamples: int, seqlen: int, seed: int) -> dict:
+    """H of every module from one full-precision pass (sq.fp_hessians), per model and calibration."""
+    calib = sq.calibration_windows(_lm.tokenizer, corpus, nsamples, seqlen, seed)
+    return sq.fp_hessians(_lm, calib)
+
+
+def calibration_picker(prefix: str) -> tuple:
+    """The calibration inputs of a page (in an expander); returns (corpus, nsamples, seqlen, seed)."""
+    preview = sq.QuantConfig.preset("preview")
+    with st.expander("Calibration inputs (full precision)", expanded=False):
+        c1, c2, c3, c4 = st.columns(4)
+        corpus = c1.selectbox("Corpus", list(CORPUS_LABELS), format_func=CORPUS_LABELS.get, key=f"{prefix}_corpus")
+        nsamples = c2.number_input("Samples", 1, 256, preview.nsamples, key=f"{prefix}_nsamples")
+        seqlen = c3.select_slider("Tokens per sample", [128, 256, 512, 1024, 2048], preview.seqlen,
+                                  key=f"{prefix}_seqlen")
+        seed = c4.number_input("Seed", 0, 2**31 - 1, preview.seed, key=f"{prefix}_seed")
+        st.caption("Scores here use H from one full-precision pass (the inputs of the original model), as the "
+                   "model-wide budget does; a quantization run computes them from the already quantized blocks.")
+    return corpus, int(nsamples), int(seqlen), int(seed)
+
+
+def calibration_hessians(lm: sq.LoadedModel, calib: tuple) -> dict:
+    """Cached H of every module for `calib`; an unavailable corpus stops the page with a message."""
+    corpus, nsamples, seqlen, seed = calib
+    try:
+        with st.spinner(f"Collecting inputs of every module ({nsamples} x {seqlen} tokens of {corpus})..."):
+            return hessians(lm, model_key(lm), corpus, nsamples, seqlen, seed)
+    except sq.CorpusError as exc:
+        st.warning(str(exc))
+        st.stop()
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def cached_bases(_lm, key: tuple, calib: tuple, bits: int) -> dict:
+    """`score_basis` of every module (preview grid settings, `bits`): a few vectors per module."""
+    cfg = sq.QuantConfig.preset("preview", bits=bits)
+    return model_bases(_lm.model, hessians(_lm, key, *calib), _lm.module_names, cfg)
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def cached_scores(_lm, key: tuple, calib: tuple, bits: int) -> dict:
+    """SEPTQ scores of every module (as large as the model: two kept)."""
+    cfg = sq.QuantConfig.preset("preview", bits=bits)
+    return model_scores(_lm.model, cached_bases(_lm, key, calib, bits), cfg)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def atlas(_lm, key: tuple, calib: tuple, bits: int, ratio: float, top: float) -> MaskAtlas:
+    return mask_atlas(cached_scores(_lm, key, calib, bits), _lm.module_names, ratio, top)
+
+
+def calibration_atlas(lm: sq.LoadedModel, calib: tuple, bits: int, ratio: float, top: float = 0.01) -> MaskAtlas:
+    """Cached `atlas` with a spinner; an unavailable corpus stops the page with a message."""
+    calibration_hessians(lm, calib)
+    n = lm.card["blocks"] * len(lm.module_names)
+    with st.spinner(f"Scoring all {n} modules (once per calibration, bits and reserve ratio)..."):
+        return atlas(lm, model_key(lm), calib, bits, ratio, top)

@@ -68,6 +68,7 @@ pages = [
     st.Page("views/mask.py", title="Mask", icon=":material/blur_on:"),
     st.Page("views/quantize.py", title="Quantize", icon=":material/compress:"),
     st.Page("views/compare.py", title="Compare", icon=":material/compare_arrows:"),
+    st.Page("views/history.py", title="History", icon=":material/history:"),
     st.Page("views/learn.py", title="Learn", icon=":material/school:"),
 ]
 model_picker()

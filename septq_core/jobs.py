@@ -28,6 +28,7 @@ class Job:
     cancel: threading.Event = field(default_factory=threading.Event)
     config: object = None  # what the job was started with, for whoever keeps its result
     collected: bool = False  # set by the page once it has kept the result
+    run_id: str | None = None  # the run store's record of this job, if any
 
     def start(self, fn, *args, **kwargs) -> Job:
         self.status, self.started = "running", time.time()

@@ -7,6 +7,7 @@ from conftest import ROOT
 from streamlit.testing.v1 import AppTest
 
 import septq_core as sq
+from septq_core.store import RunStore
 
 
 @pytest.fixture
@@ -98,6 +99,31 @@ def test_quantize_page_runs_a_job_and_keeps_the_run(app):
     table = app.dataframe[0].value  # the runs table comes first
     assert table["label"].tolist() == ["GPTQ 3-bit"]
     assert table["bits per weight"].iloc[0] == round(runs[0]["run"].bits_per_weight, 4)
+    stored = RunStore().get(runs[0]["id"])  # kept beyond the session
+    assert stored["status"] == "done" and stored["label"] == "GPTQ 3-bit"
+    assert stored["bits_per_weight"] == pytest.approx(runs[0]["run"].bits_per_weight)
+    assert stored["artifacts"] == ["masks"]
+
+
+def test_history_page_reads_renames_and_deletes_stored_runs(app):
+    store = RunStore()
+    run_id = store.create(label="SEPTQ 2-bit from a shell", model_source="tiny", model_card={}, config={"method": "septq",
+                                                                                                  "bits": 2})
+    store.finish(run_id, status="done", bits_per_weight=2.37)
+    store.add_perplexity(run_id, corpus="demo", seqlen=512, windows=4, value=41.5)
+    app.switch_page("views/history.py").run()
+    assert not app.exception
+    table = app.dataframe[0].value
+    row = table[table["id"] == run_id].iloc[0]
+    assert row["label"] == "SEPTQ 2-bit from a shell" and row["ppl demo@512"] == 41.5
+    app.selectbox(key="hist_run").select(run_id).run()
+    app.text_input(key="hist_label").input("renamed").run()
+    app.button(key="hist_rename").click().run()
+    assert store.get(run_id)["label"] == "renamed"
+    app.checkbox(key="hist_confirm").check().run()
+    app.button(key="hist_delete").click().run()
+    assert not app.exception
+    assert run_id not in {r["id"] for r in store.list()}
 
 
 def test_compare_page_shows_library_perplexities_and_generations(app, tiny_model_dir):

@@ -10,6 +10,7 @@ import septq_core as sq
 from septq_core.data import CORPUS_LABELS
 from septq_core.evaluate import diff_words
 from septq_core.figures import perplexity_vs_bits
+from views.shared import STORE_ERRORS, run_store
 
 st.title("Compare")
 lm = st.session_state.get("lm")
@@ -18,13 +19,27 @@ if lm is None:
     st.stop()
 runs = [r for r in st.session_state.get("runs", []) if r["run"].model is not None]
 if not runs:
-    st.info("No quantized run with its model in this session yet: make one on the Quantize page.")
+    st.info("No quantized run with its model in this session yet: make one on the Quantize page. Runs of earlier "
+            "sessions and of the `septq` command are on the History page.")
     st.stop()
 fp_bits = float(torch.finfo(lm.dtype).bits)  # as held in memory (the default model's file stores Q4_1)
-models = {"FP": (lm.model, {"label": f"FP ({lm.card['weights']})", "method": "fp", "bits_per_weight": fp_bits})}
+models = {"FP": (lm.model, {"label": f"FP ({lm.card['weights']})", "method": "fp", "bits_per_weight": fp_bits,
+                           "id": None})}
 for i, r in enumerate(runs):
     models[f"run {i}"] = (r["run"].model, {"label": f"run {i}: {r['label']}", "method": r["config"].method,
-                                           "bits_per_weight": r["run"].bits_per_weight})
+                                           "bits_per_weight": r["run"].bits_per_weight, "id": r.get("id")})
+
+
+def keep(write, info: dict) -> None:
+    """Store a result of a stored run (perplexity, generation); a failing store only warns."""
+    if info.get("id") is None:
+        return
+    try:
+        write(run_store())
+    except STORE_ERRORS as exc:
+        st.warning(f"Not stored in the run history: {exc}")
+
+
 
 st.header("Perplexity")
 c1, c2, c3 = st.columns(3)
@@ -40,15 +55,19 @@ with st.spinner("Computing perplexities..."):
             ck = (info["label"], corpus, int(seqlen), int(windows))
             if ck not in cache:
                 try:
-                    cache[ck] = sq.perplexity(model, lm.tokenizer, corpus, seqlen=int(seqlen),
-                                              max_windows=int(windows) or None).value
+                    p = sq.perplexity(model, lm.tokenizer, corpus, seqlen=int(seqlen), max_windows=int(windows) or None)
+                    cache[ck] = p.value
                 except sq.CorpusError as exc:
                     st.warning(str(exc))
                     cache[ck] = None
+                else:
+                    keep(lambda s, i=info, p=p: s.add_perplexity(i["id"], corpus=p.corpus, seqlen=p.seqlen,
+                                                                 windows=p.windows, value=p.value, tokens=p.tokens,
+                                                                 source=p.source), info)
             row[corpus] = cache[ck]
         rows.append(row)
 table = pd.DataFrame(rows).rename(columns={"label": "model", "bits_per_weight": "bits per weight"})
-st.dataframe(table.drop(columns=["method"]), hide_index=True)
+st.dataframe(table.drop(columns=["method", "id"]), hide_index=True)
 st.caption(f"Windows of {seqlen} tokens, first {windows or 'all'} per corpus. Bits per weight include the grid "
            "(scale and zero per row or group) and 32 bits per reserved weight.")
 for corpus in corpora:
@@ -72,7 +91,11 @@ if st.button("Generate (greedy, same seed)", key="cmp_generate"):
     else:
         with st.spinner("Generating..."):
             picked = {k: models[k][0] for k in ["FP", *chosen]}
-            st.session_state["cmp_texts"] = (prompt, sq.generate(picked, lm.tokenizer, [prompt], int(max_new), int(seed)))
+            texts = sq.generate(picked, lm.tokenizer, [prompt], int(max_new), int(seed))
+            st.session_state["cmp_texts"] = (prompt, texts)
+            for key in chosen:
+                keep(lambda s, k=key: s.add_generation(models[k][1]["id"], prompt=prompt, seed=int(seed),
+                                                       max_new_tokens=int(max_new), text=texts[k][0]), models[key][1])
 if "cmp_texts" in st.session_state:
     p, texts = st.session_state["cmp_texts"]
     reference = texts["FP"][0]

@@ -5,6 +5,8 @@ import streamlit as st
 
 import septq_core as sq
 from septq_core.jobs import Job
+from septq_core.store import record_run
+from views.shared import STORE_ERRORS, run_store
 
 KEEP_MODELS = 3  # quantized model copies kept per session (each is as large as the model); reports are all kept
 
@@ -46,7 +48,13 @@ if submitted:
     except sq.ConfigError as exc:
         st.error(str(exc))
     else:
-        job = st.session_state["job"] = Job(cfg.label, config=cfg).start(sq.quantize_model, lm, cfg)
+        run_id = None
+        try:
+            run_id = run_store().create(label=cfg.label, model_source=lm.source, model_card=lm.card,
+                                        config=cfg.to_dict())
+        except STORE_ERRORS as exc:
+            st.warning(f"This run will not be kept after the session ends: the run store failed ({exc}).")
+        job = st.session_state["job"] = Job(cfg.label, config=cfg, run_id=run_id).start(sq.quantize_model, lm, cfg)
 
 
 @st.fragment(run_every=1.0 if job is not None and job.running else None)
@@ -63,13 +71,22 @@ def job_panel():
             job.cancel.set()
             st.info("Cancelling: the run stops after the module in work.")
         return
-    if not job.collected:  # once: keep the run, then redraw the whole page
+    if not job.collected:  # once: keep the run (in the session and in the run store), then redraw the whole page
         job.collected = True
+        try:
+            if job.run_id is not None and job.status == "done":
+                record_run(run_store(), lm, job.result, run_id=job.run_id)
+            elif job.run_id is not None:
+                run_store().finish(job.run_id, status=job.status, error=job.error)
+        except STORE_ERRORS as exc:
+            st.session_state["store_warning"] = f"{job.label} is kept in this session only: the run store failed ({exc})."
         if job.status == "done":
-            runs.append({"label": job.label, "config": job.config, "run": job.result})
+            runs.append({"label": job.label, "config": job.config, "run": job.result, "id": job.run_id})
             for old in runs[:-KEEP_MODELS]:
                 old["run"].model = None  # free the copy; the reports stay
         st.rerun(scope="app")
+    if "store_warning" in st.session_state:
+        st.warning(st.session_state["store_warning"])
     if job.status == "failed":
         st.error(f"{job.label} failed: {job.error}")
     elif job.status == "cancelled":

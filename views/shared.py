@@ -4,11 +4,22 @@ Cached resources live here once, so that every page (and every browser session)
 shares them under the same explicit key.
 """
 
+import sqlite3
+
 import streamlit as st
 
 import septq_core as sq
 from septq_core.data import CORPUS_LABELS
 from septq_core.importance import MaskAtlas, mask_atlas, model_bases, model_scores
+from septq_core.store import RunStore, StoreError
+
+STORE_ERRORS = (StoreError, OSError, sqlite3.Error)  # a failing store never costs the user a finished run
+
+
+@st.cache_resource(show_spinner=False)
+def run_store() -> RunStore:
+    """The run history ($SEPTQ_HOME, default ~/.septq), shared by every session (one connection per operation)."""
+    return RunStore()
 
 
 def require_model() -> sq.LoadedModel:

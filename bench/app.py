@@ -134,9 +134,9 @@ def figure_sizes(results: dict) -> None:
     for module in ("mlp.down_proj", "self_attn.q_proj", "mlp.down_proj"):
         t = time.perf_counter()
         at.selectbox(key="imp_module").select(module).run()
-        visit = "revisit" if module in script else "first"
+        visit = "revisit" if module in script else "first visit"
         script.setdefault(module, {})[visit] = time.perf_counter() - t
-        print(f"Importance script run after choosing {module} ({visit} visit): {script[module][visit]:.2f} s")
+        print(f"Importance script run after choosing {module} ({visit}): {script[module][visit]:.2f} s")
         measure(f"views/importance.py ({module})")
     results["importance_script_s"] = script
     results["largest_figure_bytes"] = sizes

@@ -194,3 +194,18 @@ def test_learn_page_steps_through_the_library_sweep(app):
     assert metrics["SEPTQ reserved"] == str(int(0.03 * 12 * 24)) and metrics["GPTQ reserved"] == "0"
     app.button(key="learn_reset").click().run()
     assert app.slider(key="learn_step").value == 0
+
+
+def test_compare_without_session_runs_shows_the_stored_ones(app, tiny_model_dir):
+    lm = sq.load_model(str(tiny_model_dir("llama")))
+    store = RunStore()
+    run_id = store.create(label="GPTQ 3-bit of an earlier session", model_source=lm.source, model_card={},
+                          config={"method": "gptq", "bits": 3})
+    store.finish(run_id, status="done", bits_per_weight=3.05)
+    store.add_perplexity(run_id, corpus="demo", seqlen=512, windows=4, value=77.25)
+    other = store.create(label="another model's run", model_source="elsewhere", model_card={}, config={})
+    app.switch_page("views/compare.py").run()
+    assert not app.exception
+    table = app.dataframe[0].value
+    assert run_id in table["id"].tolist() and other not in table["id"].tolist()
+    assert table[table["id"] == run_id]["ppl demo@512"].iloc[0] == 77.25

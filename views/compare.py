@@ -10,7 +10,7 @@ import septq_core as sq
 from septq_core.data import CORPUS_LABELS
 from septq_core.evaluate import diff_words
 from septq_core.figures import perplexity_vs_bits
-from views.shared import STORE_ERRORS, run_store
+from views.shared import STORE_ERRORS, run_store, stored_comparison
 
 st.title("Compare")
 lm = st.session_state.get("lm")
@@ -19,8 +19,16 @@ if lm is None:
     st.stop()
 runs = [r for r in st.session_state.get("runs", []) if r["run"].model is not None]
 if not runs:
-    st.info("No quantized run with its model in this session yet: make one on the Quantize page. Runs of earlier "
-            "sessions and of the `septq` command are on the History page.")
+    st.info("No quantized run with its model in this session yet: make one on the Quantize page.")
+    try:
+        stored = [r for r in run_store().comparison() if r["model_source"] == lm.source]
+    except STORE_ERRORS as exc:
+        st.warning(f"The run history cannot be read: {exc}")
+        stored = []
+    if stored:
+        st.subheader("Stored runs of this model (earlier sessions and the `septq` command)")
+        stored_comparison(stored, "cmp_stored")
+        st.caption("Rename, delete or export them on the History page.")
     st.stop()
 fp_bits = float(torch.finfo(lm.dtype).bits)  # as held in memory (the default model's file stores Q4_1)
 models = {"FP": (lm.model, {"label": f"FP ({lm.card['weights']})", "method": "fp", "bits_per_weight": fp_bits,

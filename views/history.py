@@ -2,11 +2,9 @@
 
 import json
 
-import pandas as pd
 import streamlit as st
 
-from septq_core.figures import perplexity_vs_bits
-from views.shared import run_store
+from views.shared import run_store, stored_comparison
 
 st.title("History")
 store = run_store()
@@ -16,19 +14,11 @@ if not rows:
     st.info("No stored run yet: quantize on the Quantize page or with `septq quantize`.")
     st.stop()
 
-table = pd.DataFrame(rows)
-st.dataframe(table, hide_index=True, key="hist_table")
+table = stored_comparison(rows, "hist")
 c1, c2 = st.columns(2)
 c1.download_button("Download CSV", table.to_csv(index=False), "septq-runs.csv", "text/csv", key="hist_csv")
 c2.download_button("Download JSON", json.dumps(rows, indent=2, default=str), "septq-runs.json", "application/json",
                    key="hist_json")
-
-ppl_columns = [c for c in table.columns if c.startswith("ppl ")]
-for column in ppl_columns:
-    points = [{"label": r["label"], "method": r["method"], "bits_per_weight": r["bits_per_weight"], "ppl": r[column]}
-              for r in rows if r.get(column) is not None and r.get("bits_per_weight")]
-    if points:
-        st.plotly_chart(perplexity_vs_bits(points, column.removeprefix("ppl ")), key=f"hist_chart_{column}")
 
 st.subheader("Manage")
 labels = {r["id"]: f"{r['label']} ({r['id']})" for r in rows}

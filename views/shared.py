@@ -6,10 +6,12 @@ shares them under the same explicit key.
 
 import sqlite3
 
+import pandas as pd
 import streamlit as st
 
 import septq_core as sq
 from septq_core.data import CORPUS_LABELS
+from septq_core.figures import perplexity_vs_bits
 from septq_core.importance import MaskAtlas, mask_atlas, model_bases, model_scores
 from septq_core.store import RunStore, StoreError
 
@@ -92,3 +94,15 @@ def calibration_atlas(lm: sq.LoadedModel, calib: tuple, bits: int, ratio: float,
     n = lm.card["blocks"] * len(lm.module_names)
     with st.spinner(f"Scoring all {n} modules (once per calibration, bits and reserve ratio)..."):
         return atlas(lm, model_key(lm), calib, bits, ratio, top)
+
+
+def stored_comparison(rows: list[dict], prefix: str) -> pd.DataFrame:
+    """Stored runs (RunStore.comparison rows) as a table and one perplexity-against-bits chart per corpus."""
+    table = pd.DataFrame(rows)
+    st.dataframe(table, hide_index=True, key=f"{prefix}_table")
+    for column in [c for c in table.columns if c.startswith("ppl ")]:
+        points = [{"label": r["label"], "method": r["method"], "bits_per_weight": r["bits_per_weight"], "ppl": r[column]}
+                  for r in rows if r.get(column) is not None and r.get("bits_per_weight")]
+        if points:
+            st.plotly_chart(perplexity_vs_bits(points, column.removeprefix("ppl ")), key=f"{prefix}_chart_{column}")
+    return table

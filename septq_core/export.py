@@ -140,6 +140,8 @@ def save_quantized(run, loaded, path, perplexities: list[dict] | None = None) ->
 
     save_file(quantized, str(path / QUANTIZED))
     save_file(unquantized, str(path / UNQUANTIZED))
+    for name in (QUANTIZED, UNQUANTIZED):  # safetensors writes 0600; an export is meant to be shared like the config
+        (path / name).chmod(0o644)
     model.config.save_pretrained(path)
     loaded.tokenizer.save_pretrained(path)
     n_weights = sum(m["shape"][0] * m["shape"][1] for m in modules)

@@ -152,3 +152,24 @@ def test_two_tabs_quantize_at_once(tiny_model_dir):
         assert tabs[0].get_by_text("GPTQ 3-bit").count() == 0
         assert tabs[1].get_by_text("SEPTQ 3-bit").count() == 0
         browser.close()
+
+
+def test_learn_plays_and_pauses(tiny_model_dir):
+    """Play advances the sweep one column at a time on its own; Pause stops it."""
+    from playwright.sync_api import sync_playwright
+
+    with streamlit_app(tiny_model_dir("llama")) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{url}/learn", timeout=60_000)
+        page.get_by_role("button", name="Play").click()
+        page.wait_for_selector("text=Column 2", timeout=60_000)  # two timer ticks later
+        page.get_by_role("button", name="Pause").click()
+        time.sleep(2)
+        value = page.locator("[data-testid=stSliderThumbValue]").first
+        shown = value.inner_text()
+        time.sleep(3)
+        assert value.inner_text() == shown  # paused: no more steps
+        assert int(shown) >= 3
+        no_error(page, "learn")
+        browser.close()

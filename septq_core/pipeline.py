@@ -225,9 +225,12 @@ def capture_block0_inputs(model, input_ids: torch.Tensor, work: torch.device, ba
 
 
 def collect_hessians(block, groups: list[list[str]], inputs: _Inputs, work, cancel=None,
-                     replay: _Replay | None = None) -> dict[str, torch.Tensor]:
-    """H of every module in `groups`, from one pass of the block that stops right
-    after the last group has seen its input. Modules of a group share one H."""
+                     replay: _Replay | None = None, full_pass: bool = False):
+    """H of every module in `groups`, from one pass of the block. Modules of a group share one H.
+
+    The pass stops right after the last group has seen its input; with
+    `full_pass` it runs the whole block and returns (H, the block's outputs),
+    so that a full-precision pass needs one forward per block, not two."""
     linears = block_linears(block)
     acc: dict[str, Hessian] = {}
     handles = []
@@ -235,18 +238,19 @@ def collect_hessians(block, groups: list[list[str]], inputs: _Inputs, work, canc
         first = linears[group[0]]
         h = acc[group[0]] = Hessian(first.in_features, work)
 
-        def hook(module, args, h=h, last=(gi == len(groups) - 1)):
+        def hook(module, args, h=h, stop=(gi == len(groups) - 1 and not full_pass)):
             h.add_batch(args[0], inputs.n_seq)
-            if last:
+            if stop:
                 raise _StopForward
 
         handles.append(first.register_forward_pre_hook(_owned(hook)))
     try:
-        inputs.run(block, cancel, replay)
+        outs = inputs.run(block, cancel, replay)
     finally:
         for handle in handles:
             handle.remove()
-    return {name: acc[group[0]].H for group in groups for name in group}
+    H = {name: acc[group[0]].H for group in groups for name in group}
+    return (H, outs) if full_pass else H
 
 
 def _score_summary(S: torch.Tensor | None) -> tuple[dict, dict]:
@@ -397,9 +401,8 @@ def _fp_block_hessians(blocks, groups, inputs: _Inputs, work, home, cancel=None)
     fp_inputs = _Inputs(list(inputs.hidden), inputs.kwargs)
     for b, block in enumerate(blocks):
         block.to(work)
-        yield b, block, collect_hessians(block, groups, fp_inputs, work, cancel)
-        if b + 1 < len(blocks):
-            fp_inputs.hidden = fp_inputs.run(block, cancel)
+        H_all, fp_inputs.hidden = collect_hessians(block, groups, fp_inputs, work, cancel, full_pass=True)
+        yield b, block, H_all
         block.to(home)
 
 

@@ -15,7 +15,7 @@ test: $(VENV)/.dev chromium
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; that is a failure here"; exit 1; fi; exit $$rc
 
 bench: $(VENV)/.installed
-	$(PY) -m bench
+	SEPTQ_DATA_DIR=$${SEPTQ_DATA_DIR:-../shared/data} $(PY) -m bench
 
 lint: $(VENV)/.dev
 	$(PY) -m ruff check septq_core tests bench app.py views

@@ -1,10 +1,11 @@
-"""`python -m bench` (or `make bench`): every benchmark of bench/, one after the other.
+"""`python -m bench` (or `make bench`): the benchmarks of bench/.
 
-    SEPTQ_DATA_DIR=../shared/data .venv/bin/python -m bench [engine app fp_eval]
+    SEPTQ_DATA_DIR=../shared/data .venv/bin/python -m bench            # engine, solver, app, one after the other
+    .venv/bin/python -m bench engine --model DIR --corpus demo ...     # one benchmark, with its own options
 
-With no names it runs `engine` (needs SEPTQ_DATA_DIR) and `app` (needs Debian's
-chromium); `fp_eval` (whole corpora, about half an hour on 2 cores) only when named.
-Each writes its results under bench/results/. Run with nothing else on the machine.
+`engine` needs SEPTQ_DATA_DIR for its default corpus, `app` needs Debian's chromium,
+`fp_eval` (whole corpora, about half an hour on 2 cores) runs only when named. Each
+writes its results under bench/results/. Run with nothing else on the machine.
 """
 
 from __future__ import annotations
@@ -12,18 +13,25 @@ from __future__ import annotations
 import runpy
 import sys
 
-SCRIPTS = {"engine": "bench.engine", "app": "bench.app", "fp_eval": "bench.fp_eval"}
+SCRIPTS = {"engine": "bench.engine", "solver": "bench.solver", "app": "bench.app", "fp_eval": "bench.fp_eval"}
+DEFAULT = ["engine", "solver", "app"]
 
 
-def main(names: list[str]) -> int:
-    unknown = [n for n in names if n not in SCRIPTS]
-    if unknown:
-        print(f"unknown benchmark {', '.join(unknown)}: choose from {', '.join(SCRIPTS)}", file=sys.stderr)
+def run(name: str, args: list[str]) -> None:
+    print(f"== bench.{name} {' '.join(args)} ==", flush=True)
+    sys.argv = [f"bench.{name}", *args]
+    runpy.run_module(SCRIPTS[name], run_name="__main__")
+
+
+def main(argv: list[str]) -> int:
+    if argv and argv[0] not in SCRIPTS:
+        print(f"unknown benchmark {argv[0]!r}: choose from {', '.join(SCRIPTS)}", file=sys.stderr)
         return 2
-    for name in names or ["engine", "app"]:
-        print(f"== bench.{name} ==", flush=True)
-        sys.argv = [f"bench.{name}"]
-        runpy.run_module(SCRIPTS[name], run_name="__main__")
+    if argv:
+        run(argv[0], argv[1:])
+    else:
+        for name in DEFAULT:
+            run(name, [])
     return 0
 
 

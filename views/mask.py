@@ -7,7 +7,16 @@ import septq_core as sq
 from septq_core.data import CORPUS_LABELS
 from septq_core.figures import module_grid
 from septq_core.importance import mask_stability, scope_masks
-from views.shared import cached_scores, calibration_atlas, calibration_picker, model_key, require_model
+from views.shared import (
+    cached_bases,
+    cached_scores,
+    calibration_atlas,
+    calibration_picker,
+    hessians,
+    model_key,
+    progress_bar,
+    require_model,
+)
 
 SCOPE_TEXT = {
     "matrix": "every module reserves floor(r x its size)",
@@ -64,9 +73,13 @@ if st.button("Compare masks", key="mask_stability", disabled=not alternatives):
     reference = scope_masks(cached_scores(lm, model_key(lm), calib, bits), ratio, "matrix")
     results = st.session_state.setdefault("mask_stability_results", {})
     for alt in alternatives:
+        name = f"{alt[1]} x {alt[2]} tokens of {alt[0]}, seed {alt[3]}"
         try:
-            with st.spinner(f"Scoring every module with {alt[1]} x {alt[2]} tokens of {alt[0]}, seed {alt[3]}..."):
-                other = scope_masks(cached_scores(lm, model_key(lm), alt, bits), ratio, "matrix")
+            with progress_bar(f"Collecting the inputs of every module ({name})") as bar:
+                hessians(lm, model_key(lm), *alt, progress=bar)
+            with progress_bar(f"Scoring every module ({name})") as bar:
+                cached_bases(lm, model_key(lm), alt, bits, progress=bar)
+            other = scope_masks(cached_scores(lm, model_key(lm), alt, bits), ratio, "matrix")
         except sq.CorpusError as exc:
             st.warning(f"{alt[0]} skipped: {exc}")
             continue

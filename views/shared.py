@@ -4,7 +4,10 @@ Cached resources live here once, so that every page (and every browser session)
 shares them under the same explicit key.
 """
 
+import contextlib
 import sqlite3
+import threading
+from collections import OrderedDict
 
 import pandas as pd
 import streamlit as st
@@ -36,11 +39,59 @@ def model_key(lm: sq.LoadedModel) -> tuple:
     return lm.card["source"], lm.card["device"], lm.card["dtype"]
 
 
-@st.cache_resource(show_spinner=False, max_entries=4)
-def hessians(_lm, key: tuple, corpus: str, nsamples: int, seqlen: int, seed: int) -> dict:
+@contextlib.contextmanager
+def progress_bar(what: str):
+    """A progress callback (done, total, message) drawing a bar that disappears when the work is done.
+
+    Cached work calls it only when it really runs. Changing any widget or
+    leaving the page during the work stops it (Streamlit interrupts the run at the
+    bar's next update) and nothing half-done is cached."""
+    slot = st.empty()
+    slot.caption(f"{what}... (change a setting or leave the page to stop)")
+
+    def update(done: int, total: int, message: str) -> None:
+        slot.progress(done / total if total else 0.0, text=f"{what}: {message} ({done}/{total})")
+
+    try:
+        yield update
+    finally:
+        slot.empty()
+
+
+class SharedCache:
+    """Results shared by every session, like st.cache_resource, for work that draws its own progress
+    (Streamlit cannot replay elements drawn from inside a cached function)."""
+
+    def __init__(self, max_entries: int):
+        self.items: OrderedDict = OrderedDict()
+        self.max_entries = max_entries
+        self.lock = threading.Lock()
+
+    def get(self, key: tuple, compute):
+        with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+                return self.items[key]
+        value = compute()  # not under the lock: other sessions go on; a stopped run caches nothing
+        with self.lock:
+            self.items[key] = value
+            while len(self.items) > self.max_entries:
+                self.items.popitem(last=False)
+        return value
+
+
+@st.cache_resource(show_spinner=False)
+def shared_caches() -> dict[str, SharedCache]:
+    return {"hessians": SharedCache(4), "bases": SharedCache(8)}
+
+
+def hessians(lm, key: tuple, corpus: str, nsamples: int, seqlen: int, seed: int, progress=None) -> dict:
     """H of every module from one full-precision pass (sq.fp_hessians), per model and calibration."""
-    calib = sq.calibration_windows(_lm.tokenizer, corpus, nsamples, seqlen, seed)
-    return sq.fp_hessians(_lm, calib)
+    def compute():
+        calib = sq.calibration_windows(lm.tokenizer, corpus, nsamples, seqlen, seed)
+        return sq.fp_hessians(lm, calib, progress=progress)
+
+    return shared_caches()["hessians"].get((key, corpus, nsamples, seqlen, seed), compute)
 
 
 def calibration_picker(prefix: str) -> tuple:
@@ -62,18 +113,18 @@ def calibration_hessians(lm: sq.LoadedModel, calib: tuple) -> dict:
     """Cached H of every module for `calib`; an unavailable corpus stops the page with a message."""
     corpus, nsamples, seqlen, seed = calib
     try:
-        with st.spinner(f"Collecting inputs of every module ({nsamples} x {seqlen} tokens of {corpus})..."):
-            return hessians(lm, model_key(lm), corpus, nsamples, seqlen, seed)
+        with progress_bar(f"Collecting the inputs of every module ({nsamples} x {seqlen} tokens of {corpus})") as bar:
+            return hessians(lm, model_key(lm), corpus, nsamples, seqlen, seed, progress=bar)
     except sq.CorpusError as exc:
         st.warning(str(exc))
         st.stop()
 
 
-@st.cache_resource(show_spinner=False, max_entries=8)
-def cached_bases(_lm, key: tuple, calib: tuple, bits: int) -> dict:
+def cached_bases(lm, key: tuple, calib: tuple, bits: int, progress=None) -> dict:
     """`score_basis` of every module (preview grid settings, `bits`): a few vectors per module."""
     cfg = sq.QuantConfig.preset("preview", bits=bits)
-    return model_bases(_lm.model, hessians(_lm, key, *calib), _lm.module_names, cfg)
+    return shared_caches()["bases"].get(
+        (key, calib, bits), lambda: model_bases(lm.model, hessians(lm, key, *calib), lm.module_names, cfg, progress=progress))
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)
@@ -89,10 +140,12 @@ def atlas(_lm, key: tuple, calib: tuple, bits: int, ratio: float, top: float) ->
 
 
 def calibration_atlas(lm: sq.LoadedModel, calib: tuple, bits: int, ratio: float, top: float = 0.01) -> MaskAtlas:
-    """Cached `atlas` with a spinner; an unavailable corpus stops the page with a message."""
+    """Cached `atlas` with progress; an unavailable corpus stops the page with a message."""
     calibration_hessians(lm, calib)
     n = lm.card["blocks"] * len(lm.module_names)
-    with st.spinner(f"Scoring all {n} modules (once per calibration, bits and reserve ratio)..."):
+    with progress_bar(f"Scoring all {n} modules (once per calibration and bits)") as bar:
+        cached_bases(lm, model_key(lm), calib, bits, progress=bar)
+    with st.spinner("Ranking the scores for the three mask scopes..."):
         return atlas(lm, model_key(lm), calib, bits, ratio, top)
 
 

@@ -10,7 +10,7 @@ import septq_core as sq
 from septq_core.data import CORPUS_LABELS
 from septq_core.evaluate import diff_words
 from septq_core.figures import perplexity_vs_bits
-from views.shared import STORE_ERRORS, run_store, stored_comparison
+from views.shared import STORE_ERRORS, generation_request, run_store, stored_comparison
 
 st.title("Compare")
 lm = st.session_state.get("lm")
@@ -88,22 +88,18 @@ for corpus in corpora:
         st.plotly_chart(fig, key=f"cmp_chart_{corpus}")
 
 st.header("Generations")
-prompt = st.text_area("Prompt", "The capital of France is", key="cmp_prompt")
-g1, g2, g3 = st.columns(3)
-chosen = g1.multiselect("Runs", [k for k in models if k != "FP"], [k for k in models if k != "FP"][-2:], key="cmp_runs")
-max_new = g2.slider("New tokens", 1, 200, 40, key="cmp_tokens")
-seed = g3.number_input("Seed", 0, 2**31 - 1, 0, key="cmp_seed")
-if st.button("Generate (greedy, same seed)", key="cmp_generate"):
-    if not prompt.strip():
-        st.warning("Write a prompt first.")
-    else:
-        with st.spinner("Generating..."):
-            picked = {k: models[k][0] for k in ["FP", *chosen]}
-            texts = sq.generate(picked, lm.tokenizer, [prompt], int(max_new), int(seed))
-            st.session_state["cmp_texts"] = (prompt, texts)
-            for key in chosen:
-                keep(lambda s, k=key: s.add_generation(models[k][1]["id"], prompt=prompt, seed=int(seed),
-                                                       max_new_tokens=int(max_new), text=texts[k][0]), models[key][1])
+run_keys = [k for k in models if k != "FP"]
+request, chosen = generation_request("cmp", "Generate (greedy, same seed)", "cmp_generate",
+                                     extra=lambda col: col.multiselect("Runs", run_keys, run_keys[-2:], key="cmp_runs"))
+if request is not None:
+    prompt, max_new, seed = request
+    with st.spinner("Generating..."):
+        picked = {k: models[k][0] for k in ["FP", *chosen]}
+        texts = sq.generate(picked, lm.tokenizer, [prompt], max_new, seed)
+        st.session_state["cmp_texts"] = (prompt, texts)
+        for key in chosen:
+            keep(lambda s, k=key: s.add_generation(models[k][1]["id"], prompt=prompt, seed=seed,
+                                                   max_new_tokens=max_new, text=texts[k][0]), models[key][1])
 if "cmp_texts" in st.session_state:
     p, texts = st.session_state["cmp_texts"]
     reference = texts["FP"][0]

@@ -5,6 +5,7 @@ import streamlit as st
 
 import septq_core as sq
 from septq_core.data import CORPUS_LABELS
+from views.shared import generation_request
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -61,16 +62,11 @@ except sq.CorpusError as exc:
     st.warning(str(exc))
 
 st.header("Generate")
-prompt = st.text_area("Prompt", "The capital of France is", key="gen_prompt")
-g1, g2 = st.columns(2)
-max_new = g1.slider("New tokens", 1, 200, 40, key="gen_tokens")
-seed = g2.number_input("Seed", 0, 2**31 - 1, 0, key="gen_seed")
-if st.button("Generate (greedy)", key="gen_button"):
-    if not prompt.strip():
-        st.warning("Write a prompt first.")
-    else:
-        with st.spinner("Generating..."):
-            st.session_state["gen_text"] = (prompt, fp_generate(lm, key, prompt, int(max_new), int(seed)))
+request, _ = generation_request("gen", "Generate (greedy)", "gen_button")
+if request is not None:
+    prompt, max_new, seed = request
+    with st.spinner("Generating..."):
+        st.session_state["gen_text"] = (prompt, fp_generate(lm, key, prompt, max_new, seed))
 if "gen_text" in st.session_state:
     p, text = st.session_state["gen_text"]
     st.markdown(f"**{p}**{text}")

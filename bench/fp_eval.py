@@ -14,7 +14,7 @@ from pathlib import Path
 
 import septq_core as sq
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from .machine import RESULTS, header
 
 
 def main(argv=None) -> dict:
@@ -27,7 +27,7 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     t = time.perf_counter()
     lm = sq.load_model(args.model)
-    out = {"model": lm.name, "weights": lm.card["weights"], "load_s": time.perf_counter() - t, "results": []}
+    out = {**header("fp_eval", argv), "model": lm.name, "weights": lm.card["weights"], "load_s": time.perf_counter() - t, "results": []}
     print(f"{lm.name}: loaded in {out['load_s']:.1f} s on {lm.card['device']} ({lm.card['dtype']})", flush=True)
     for corpus in args.corpora:
         for seqlen in args.seqlen:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -25,7 +24,8 @@ import torch
 
 import septq_core as sq
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from .machine import RESULTS, header
+
 SHAPES = {  # rows x cols of the default model's linear modules (30 blocks of each)
     "self_attn.q_proj / o_proj": (576, 576),
     "self_attn.k_proj / v_proj": (192, 576),
@@ -51,14 +51,15 @@ def median_seconds(W, H, cfg, repeats: int) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048, 4096])
-    args = parser.parse_args()
+    parser.add_argument("--out", default=str(RESULTS / "solver.json"))
+    args = parser.parse_args(argv)
     base = sq.QuantConfig.preset("preview", bits=3)
-    results: dict = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                     "torch": torch.__version__, "config": base.to_dict(), "shapes": {}, "scaling": {}}
+    results: dict = {**header("solver", argv), "config": base.to_dict(), "repeats": args.repeats, "shapes": {},
+                     "scaling": {}}
 
     print(f"{'module':28s} {'shape':>11s} {'RTN s':>8s} {'GPTQ s':>8s} {'SEPTQ s':>8s} {'SEPTQ/GPTQ':>11s}")
     for name, (rows, cols) in SHAPES.items():
@@ -81,9 +82,9 @@ def main() -> None:
               f"{'' if growth is None else f'{growth:7.2f}'}", flush=True)
         previous = (n, row["septq"])
 
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "solver.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"written {RESULTS / 'solver.json'}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written {args.out}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 from .config import MASK_SCOPES, METHODS, PRESETS, ConfigError, QuantConfig
 from .data import CORPORA, CalibrationSet, Corpus, CorpusError, calibration_windows, load_eval_corpus
-from .evaluate import Cancelled, Perplexity, generate, perplexity
+from .evaluate import Cancelled, Perplexity, generate, perplexity, window_count
 from .export import ExportError, load_quantized, save_quantized
 from .grid import fit_grid, rtn
 from .hessian import Hessian
@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 __all__ = [
     "METHODS", "MASK_SCOPES", "PRESETS", "ConfigError", "QuantConfig",
     "CORPORA", "CalibrationSet", "Corpus", "CorpusError", "calibration_windows", "load_eval_corpus",
-    "Cancelled", "Perplexity", "generate", "perplexity",
+    "Cancelled", "Perplexity", "generate", "perplexity", "window_count",
     "fit_grid", "rtn", "Hessian",
     "LoadError", "LoadedModel", "default_model_path", "find_blocks", "load_model",
     "ModuleReport", "QuantRun", "fp_hessians", "quantize_model",

@@ -137,7 +137,8 @@ def _quantize_one(store, lm, cfg, args, save: str | None = None) -> dict:
             store.set_saved(run_id, save)
         _say(args, f"saved to {save}")
     return {"id": run_id, "label": cfg.label, "ppl": ppl, "bits_per_weight": run.bits_per_weight,
-            "seconds": run.seconds["total"], "config": cfg.to_dict(), "calibration": run.calibration}
+            "seconds": run.seconds["total"], "stage_seconds": run.seconds, "config": cfg.to_dict(),
+            "calibration": run.calibration}
 
 
 def _fp_row(store, lm, args) -> dict:
@@ -214,31 +215,57 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def sweep_configs(args) -> list:
+    """The QuantConfigs of a sweep: methods x bits, and x reserve ratios for SEPTQ."""
+    return [_config(args, m, b, r) for m in args.methods for b in args.bits
+            for r in (args.reserve_ratios if m == "septq" else [0.01])]
+
+
 def cmd_sweep(args) -> int:
-    configs = [_config(args, m, b, r) for m in args.methods for b in args.bits
-               for r in (args.reserve_ratios if m == "septq" else [0.01])]
+    configs = sweep_configs(args)
     _check_corpora(args)
     store = _store(args)
     lm, *_ = _load(args.model, args)
     if lm is None:
         raise UsageError("sweep needs a source model, not an exported quantized one.")
-    rows = [_fp_row(store, lm, args)]
-    for i, cfg in enumerate(configs, 1):
-        done = store.find_done(model_source=lm.source, config=cfg.to_dict())
-        if done is not None:
-            got = store.get(done)
-            ppl = {p["corpus"]: p["value"] for p in got["perplexities"] if p["seqlen"] == args.eval_seqlen}
-            if all(c in ppl for c in args.eval):
-                _say(args, f"[{i}/{len(configs)}] {cfg.label}: done before ({done}), kept")
-                rows.append({"id": done, "label": cfg.label, "ppl": ppl, "bits_per_weight": got["bits_per_weight"],
-                             "seconds": (got.get("seconds") or {}).get("total")})
-                continue
-        _say(args, f"[{i}/{len(configs)}] {cfg.label}")
-        rows.append(_quantize_one(store, lm, cfg, args))
+    rows = [_fp_row(store, lm, args), *sweep_rows(store, lm, configs, args)]
     print(_table(rows, args.eval))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2, default=str) + "\n")
     return 0
+
+
+def sweep_rows(store, lm, configs, args, on_row=None) -> list[dict]:
+    """Quantize and evaluate each configuration, keeping the cells the store already holds.
+    `on_row(row)` is called after each cell (to save partial results).
+
+    A stored run counts as done when it has, for every corpus of args.eval, a
+    perplexity with the same window length and the same number of windows."""
+    from .evaluate import window_count
+
+    want = {c: window_count(lm.tokenizer, c, args.eval_seqlen, args.windows or None) for c in args.eval}
+    rows = []
+    for i, cfg in enumerate(configs, 1):
+        done = store.find_done(model_source=lm.source, config=cfg.to_dict())
+        if done is not None:
+            got = store.get(done)
+            ppl = {p["corpus"]: p["value"] for p in got["perplexities"]
+                   if p["seqlen"] == args.eval_seqlen and p["windows"] == want.get(p["corpus"])}
+            if all(c in ppl for c in args.eval):
+                _say(args, f"[{i}/{len(configs)}] {cfg.label}: done before ({done}), kept")
+                rows.append({"id": done, "label": cfg.label, "ppl": {c: ppl[c] for c in args.eval},
+                             "bits_per_weight": got["bits_per_weight"],
+                             "seconds": (got.get("seconds") or {}).get("total"), "stage_seconds": got.get("seconds"),
+                             "config": cfg.to_dict(),
+                             "calibration": got.get("calibration") or {}, "kept": True})
+                if on_row is not None:
+                    on_row(rows[-1])
+                continue
+        _say(args, f"[{i}/{len(configs)}] {cfg.label}")
+        rows.append({**_quantize_one(store, lm, cfg, args), "kept": False})
+        if on_row is not None:
+            on_row(rows[-1])
+    return rows
 
 
 def cmd_runs(args) -> int:

@@ -34,6 +34,24 @@ def _device_of(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def _window_count(corpus: Corpus, n_tokens: int, seqlen: int, max_windows: int | None) -> int:
+    n = n_tokens // seqlen
+    if corpus.name == "c4":
+        n = min(n, C4_EVAL_WINDOWS)
+    if max_windows is not None:
+        n = min(n, int(max_windows))
+    if n < 1:
+        raise CorpusError(f"Corpus {corpus.name!r} has {n_tokens} tokens, fewer than one window of {seqlen}: "
+                          "use a shorter seqlen.")
+    return n
+
+
+def window_count(tokenizer, corpus: str | Corpus, seqlen: int, max_windows: int | None = None) -> int:
+    """How many windows `perplexity` scores for these settings (tokenizes the corpus, runs no model)."""
+    corpus = load_eval_corpus(corpus) if isinstance(corpus, str) else corpus
+    return _window_count(corpus, encode(tokenizer, corpus.text).numel(), seqlen, max_windows)
+
+
 def perplexity(model, tokenizer, corpus: str | Corpus = "wikitext2", seqlen: int = 2048, max_windows: int | None = None,
                progress=None, batch_size: int | None = None, cancel=None) -> Perplexity:
     """exp(mean NLL over every predicted token of every window).
@@ -46,14 +64,7 @@ def perplexity(model, tokenizer, corpus: str | Corpus = "wikitext2", seqlen: int
     if seqlen < 2:
         raise ValueError(f"seqlen={seqlen} is too short: a window needs at least 2 tokens.")
     ids = encode(tokenizer, corpus.text)
-    n = ids.numel() // seqlen
-    if corpus.name == "c4":
-        n = min(n, C4_EVAL_WINDOWS)
-    if max_windows is not None:
-        n = min(n, int(max_windows))
-    if n < 1:
-        raise CorpusError(f"Corpus {corpus.name!r} has {ids.numel()} tokens, fewer than one window of {seqlen}: "
-                          "use a shorter seqlen.")
+    n = _window_count(corpus, ids.numel(), seqlen, max_windows)
     windows = ids[: n * seqlen].view(n, seqlen)
     device = _device_of(model)
     if batch_size is None:

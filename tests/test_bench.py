@@ -1,4 +1,4 @@
-"""`python -m bench` runs end to end on a tiny model (a smoke test: benchmarks never run in make test)."""
+"""`python -m bench` runs end to end on a tiny model (smoke tests: benchmarks never run in make test)."""
 
 from __future__ import annotations
 
@@ -10,22 +10,73 @@ import sys
 
 from conftest import ROOT
 
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
-def test_entry_point_runs_the_engine_benchmark_on_a_tiny_model(tiny_model_dir, tmp_path):
+
+def bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env=ENV)
+
+
+def test_engine_benchmark_on_a_tiny_model(tiny_model_dir, tmp_path):
     out = tmp_path / "engine.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "engine", "--model", str(tiny_model_dir("llama")), "--corpus", "demo",
-         "--seqlen", "64", "--windows", "2", "--bits", "2", "--nsamples", "4", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = bench("engine", "--model", str(tiny_model_dir("llama")), "--nsamples", "4", "--corpus", "demo",
+                 "--eval-seqlens", "64", "--eval-windows", "2", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
-    assert [r["method"] for r in result["quality"]] == ["rtn", "gptq", "septq"]
-    assert all(math.isfinite(r["ppl"]) and r["bits"] == 2 for r in result["quality"])
-    assert set(result["speed"][0]["ratios"]) == {"septq_over_gptq_solver", "true_sequential_over_fp_forward",
-                                                 "shared_pass_over_fp_forward"}
+    assert result["command"].startswith("python -m bench engine --model") and result["cores"] >= 1
+    speed = result["speed"][0]
+    assert speed["calibration"] == [4, 512]
+    assert set(speed["ratios"]) == {"septq_over_gptq_solver", "true_sequential_over_fp_forward",
+                                    "shared_pass_over_fp_forward"}
+    for name in ("fp_forward", "gptq", "septq", "septq_shared_pass"):  # a model of a few MB in a process of hundreds
+        assert 100 < speed["memory"][name]["rss_peak_mib"] < 20_000
+    ev = result["evaluation"][0]
+    assert ev["tokens"] == 2 * 63 and math.isclose(ev["tokens_per_s"], ev["tokens"] / ev["seconds"])
     assert "SEPTQ / GPTQ solver seconds" in proc.stdout
 
 
+def test_quality_resumes_from_its_store_and_the_report_draws_it(tiny_model_dir, tmp_path):
+    model, results, home = str(tiny_model_dir("llama")), tmp_path / "results", tmp_path / "runs"
+    args = ["quality", "--model", model, "--sections", "preview", "reserve", "--eval", "demo", "--windows", "2",
+            "--home", str(home), "--out", str(results / "quality.json")]
+    first = bench(*args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    result = json.loads((results / "quality.json").read_text())
+    preview, reserve = result["sections"]["preview"]["rows"], result["sections"]["reserve"]["rows"]
+    assert [(r["method"], r["bits"]) for r in preview] == [(m, b) for m in ("rtn", "gptq", "septq") for b in (2, 3, 4)]
+    assert sorted({r["reserve_ratio"] for r in reserve}) == [0.005, 0.01, 0.02]
+    assert all(math.isfinite(r["ppl"]["demo"]) for r in preview + reserve)
+    # the 1 % SEPTQ cells of "reserve" are the preview's, kept from the store; the others were computed
+    assert [r["kept_from_store"] for r in reserve if r["reserve_ratio"] == 0.01] == [True] * 3
+    assert not any(r["kept_from_store"] for r in preview)
+    # more reserved weights cost more bits: 0.5 % < 1 % < 2 % at each bit-width
+    for bits in (2, 3, 4):
+        bpw = [r["bits_per_weight"] for r in sorted(reserve, key=lambda r: r["reserve_ratio"]) if r["bits"] == bits]
+        assert bpw == sorted(bpw) and len(set(bpw)) == 3
+
+    again = bench(*args)  # resumes: every cell is kept, with the same numbers
+    assert again.returncode == 0, again.stderr[-2000:]
+    rerun = json.loads((results / "quality.json").read_text())
+    assert all(r["kept_from_store"] for s in rerun["sections"].values() for r in s["rows"])
+    assert [r["ppl"] for r in rerun["sections"]["preview"]["rows"]] == [r["ppl"] for r in preview]
+
+    readme = tmp_path / "README.md"
+    readme.write_text("# Benchmarks\n\nhand-written part\n")
+    proc = bench("report", "--results", str(results), "--readme", str(readme), "--charts", str(tmp_path / "charts"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = readme.read_text()
+    assert text.startswith("# Benchmarks\n\nhand-written part\n")
+    septq3 = next(r for r in preview if r["method"] == "septq" and r["bits"] == 3)
+    assert f"| SEPTQ 1 % 3-bit | {septq3['bits_per_weight']:.3f} | {septq3['ppl']['demo']:.2f} |" in text
+    assert "Not measured yet: `python -m bench engine" in text  # no engine.json in these results
+    for png in ("quality_vs_bits.png", "reserve_ratio.png"):
+        assert (tmp_path / "charts" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert bench("report", "--results", str(results), "--readme", str(readme), "--charts",
+                 str(tmp_path / "charts")).returncode == 0
+    assert readme.read_text() == text  # the block is replaced, not appended again
+
+
 def test_unknown_benchmark_is_exit_code_2():
-    proc = subprocess.run([sys.executable, "-m", "bench", "nope"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    proc = bench("nope")
     assert proc.returncode == 2 and "choose from" in proc.stderr

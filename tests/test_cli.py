@@ -117,3 +117,20 @@ def test_sweep_resumes_after_a_killed_process(tmp_path, tiny_model_dir):
     labels = [r["label"] for r in store.list(status="done")]
     for label in ("RTN 2-bit", "RTN 3-bit", "GPTQ 2-bit", "GPTQ 3-bit"):
         assert labels.count(label) == 1, labels  # nothing done twice
+
+
+def test_sweep_recomputes_cells_evaluated_on_other_windows(tmp_path, tiny_model_dir):
+    """A stored cell counts as done only for the same window length and number of windows."""
+    from septq_core.store import RunStore
+
+    base = ["sweep", "--model", tiny_model_dir("llama"), "--methods", "rtn", "--bits", "2", "--nsamples", "4",
+            "--seqlen", "64", "--eval-seqlen", "64", "--eval", "demo"]
+    septq(*base, "--windows", "2", home=tmp_path)
+    again = septq(*base, "--windows", "2", home=tmp_path)
+    assert again.stderr.count("done before") == 1
+    more = septq(*base, "--windows", "3", home=tmp_path)
+    assert "done before" not in more.stderr
+    cells = [r for r in RunStore(tmp_path).list(status="done") if r["label"] == "RTN 2-bit"]
+    assert len(cells) == 2
+    windows = sorted(p["windows"] for r in cells for p in RunStore(tmp_path).get(r["id"])["perplexities"])
+    assert windows == [2, 3]

@@ -66,6 +66,14 @@ def test_perplexity_max_windows(llama):
     assert result.value == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.parametrize("seqlen,max_windows", [(128, None), (64, 3), (64, 10_000)])
+def test_window_count_is_the_number_of_windows_perplexity_scores(llama, seqlen, max_windows):
+    n_tokens = len(llama.tokenizer(load_eval_corpus("demo").text)["input_ids"])
+    expected = n_tokens // seqlen if max_windows is None else min(n_tokens // seqlen, max_windows)
+    assert septq_core.window_count(llama.tokenizer, "demo", seqlen, max_windows) == expected
+    assert perplexity(llama.model, llama.tokenizer, "demo", seqlen=seqlen, max_windows=max_windows).windows == expected
+
+
 def test_perplexity_deterministic(llama):
     a = perplexity(llama.model, llama.tokenizer, "demo", seqlen=64, max_windows=4)
     b = perplexity(llama.model, llama.tokenizer, "demo", seqlen=64, max_windows=4)

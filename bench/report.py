@@ -105,13 +105,14 @@ def _save(fig, out: Path, rect=(0, 0, 1, 1)) -> Path:
     return out
 
 
-def _capped(ax, xs, ys, **style):
-    """A line with points above Y_CAP drawn at the cap, each labelled with its value."""
-    shown = [min(y, Y_CAP) for y in ys]
-    ax.plot(xs, shown, **style)
+def _capped(ax, xs, ys, placed: dict, **style):
+    """A line with points above Y_CAP drawn at the cap, each labelled with its value; labels at the
+    same x are stacked (`placed` counts them per x)."""
+    ax.plot(xs, [min(y, Y_CAP) for y in ys], **style)
     for x, y in zip(xs, ys):
         if y > Y_CAP:
-            ax.annotate(f"{y:.3g}", (x, Y_CAP), textcoords="offset points", xytext=(0, -10), ha="center",
+            k = placed[round(x, 2)] = placed.get(round(x, 2), -1) + 1
+            ax.annotate(f"{y:.3g}", (x, Y_CAP), textcoords="offset points", xytext=(5, -9 - 9 * k), ha="left",
                         fontsize=7, color=style.get("color", "black"))
 
 
@@ -121,11 +122,12 @@ def chart_quality(quality: dict, out: Path, series: list[tuple[str, str, dict]],
     corpora = quality["eval"]["corpora"]
     fig, axes = plt.subplots(1, len(corpora), figsize=(4.2 * len(corpora), 3.6), squeeze=False)
     for ax, corpus in zip(axes[0], corpora):
+        placed: dict = {}
         for section, name, style in series:
             rows = [r for r in quality["sections"].get(section, {}).get("rows", []) if label(r) == name]
             rows.sort(key=lambda r: r["bits_per_weight"])
             if rows:
-                _capped(ax, [r["bits_per_weight"] for r in rows], [r["ppl"][corpus] for r in rows],
+                _capped(ax, [r["bits_per_weight"] for r in rows], [r["ppl"][corpus] for r in rows], placed,
                         label=f"{name} ({section})", marker="o", markersize=4, **style)
         ax.axhline(quality["fp"][corpus], color="black", linewidth=1, linestyle=":", label="FP")
         ax.set_yscale("log")
@@ -210,8 +212,10 @@ def chart_engine(engine: dict, out: Path) -> Path:
         n, seqlen = s["calibration"]
         ax.set_title(f"{n} x {seqlen} calibration tokens (FP pass {s['fp_forward_s']:.1f} s)")
         ax.set_ylabel("seconds / FP forward pass")
-    axes[0][0].legend(fontsize=8)
-    return _save(fig, out)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    wide = len(speed) > 1
+    fig.legend(handles, labels, loc="lower center", ncol=4 if wide else 2, fontsize=8, frameon=False)
+    return _save(fig, out, rect=(0, 0.08 if wide else 0.14, 1, 1))
 
 
 # -- sections -----------------------------------------------------------------------------------
@@ -254,7 +258,8 @@ def quality_section(quality: dict | None, path: Path, charts: Path, readme: Path
                         f"{r['nsamples']} x {r['seqlen']} {Path(r['calib']).name}"] for r in rows]
         computed = [r for r in rows if not r.get("kept_from_store")]
         minutes = section.get("wall_seconds", 0) / 60
-        out += [f"### {name}", "", described.get(name, ""), "", table(head, body), "",
+        measured = f" Measured by `{section['command']}`." if section.get("command") else ""
+        out += [f"### {name}", "", described.get(name, "") + measured, "", table(head, body), "",
                 f"Section wall time {minutes:.1f} min ({len(computed)} of {len(rows)} cells computed in that run, "
                 "the rest kept from the run store), quantization plus evaluation on all corpora.", ""]
     for base in ("preview", "paper", "large"):
@@ -333,8 +338,9 @@ def engine_section(engine: dict | None, path: Path, charts: Path, readme: Path,
                          f"{e['seconds']:.1f} s", f"{e['memory']['rss_peak_mib']:.0f}",
                          f"{e['memory']['rss_added_mib']:.0f}", _cuda(e["memory"])])
     out += ["Peak memory of each phase (RSS: the Linux high-water mark, reset before the phase; a quantization run "
-            "holds its own copy of the model):", "",
-            table(["phase", "seconds", "peak RSS MiB", "added over its start MiB", "CUDA max allocated MiB"], mem_rows), ""]
+            "holds its own copy of the model). \"Above its start\" is the peak minus the RSS when the phase began; "
+            "memory that an earlier phase freed but the allocator kept is reused without showing there.", "",
+            table(["phase", "seconds", "peak RSS MiB", "above its start MiB", "CUDA max allocated MiB"], mem_rows), ""]
     return out
 
 

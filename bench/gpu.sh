@@ -12,7 +12,6 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 OUT_DIR=${OUT:-bench/results/gpu}
-mkdir -p "$OUT_DIR"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
 export SEPTQ_DATA_DIR=${SEPTQ_DATA_DIR:-$( [ -d shared/data ] && echo shared/data || echo ../shared/data )}
 
@@ -24,6 +23,7 @@ if [ -z "${CALIB:-}" ]; then
   if [ -f "$SEPTQ_DATA_DIR/c4/c4-train.00000-of-01024.jsonl" ]; then CALIB=c4
   else CALIB=$SEPTQ_DATA_DIR/wikitext2/valid.txt; fi
 fi
+mkdir -p "$OUT_DIR"
 "$PY" -c "import torch; print('GPU:', torch.cuda.get_device_name(0), '| torch', torch.__version__)"
 echo "calibration: $CALIB; data: $SEPTQ_DATA_DIR; results: $OUT_DIR"
 status=0

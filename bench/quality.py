@@ -117,7 +117,8 @@ def main(argv=None) -> dict:
     for name in args.sections:
         t = time.perf_counter()
         rows: list[dict] = []
-        section = result["sections"][name] = {"rows": rows, "wall_seconds": 0.0, "command": result["command"]}
+        section = result["sections"][name] = {"rows": rows, "wall_seconds": 0.0, "command": result["command"],
+                                               "date": result["date"]}
 
         def save(row, rows=rows, section=section, t=t):  # after every cell: a killed run keeps what it finished
             rows.append(cell(row))

@@ -231,7 +231,7 @@ def quality_section(quality: dict | None, path: Path, charts: Path, readme: Path
     ev = quality["eval"]
     corpora = ev["corpora"]
     tokens = ", ".join(f"{CORPUS_NAMES.get(c, c)} {n:,}" for c, n in ev.get("tokens", {}).items())
-    out = ["## Quality", "", provenance(quality, path), "",
+    out = ["## Quality", "", "Last run: " + provenance(quality, path), "",
            f"Model: {quality['model']}, weights **{quality['weights']}**. Perplexity over the first "
            f"{ev['windows'] or 'all'} windows of {ev['seqlen']} tokens of each test split (predicted tokens: "
            f"{tokens}). Per-row asymmetric MSE grid, blocksize 128, 1 % damping, no act-order, true sequential. "
@@ -258,10 +258,22 @@ def quality_section(quality: dict | None, path: Path, charts: Path, readme: Path
                         f"{r['nsamples']} x {r['seqlen']} {Path(r['calib']).name}"] for r in rows]
         computed = [r for r in rows if not r.get("kept_from_store")]
         minutes = section.get("wall_seconds", 0) / 60
-        measured = f" Measured by `{section['command']}`." if section.get("command") else ""
+        measured = (f" Measured {section.get('date', '')} by `{section['command']}`." if section.get("command")
+                    else "")
         out += [f"### {name}", "", described.get(name, "") + measured, "", table(head, body), "",
-                f"Section wall time {minutes:.1f} min ({len(computed)} of {len(rows)} cells computed in that run, "
-                "the rest kept from the run store), quantization plus evaluation on all corpora.", ""]
+                f"Section wall time {minutes:.1f} min, quantization plus evaluation on all corpora ({len(computed)} "
+                f"of {len(rows)} cells computed in that run"
+                + (", the others kept from the run store)." if len(computed) < len(rows) else ")."), ""]
+    missing = [n for n in described if n != "paper" and n not in sections]
+    full = sorted({r["bits"] for r in sections.get("preview", {}).get("rows", [])})
+    for name in ("reserve", "grouped", "large"):
+        have = {r["bits"] for r in sections.get(name, {}).get("rows", [])}
+        if have and set(full) - have:
+            out += [f"{name}: measured at {', '.join(map(str, sorted(have)))} bits only; the other bit-widths: "
+                    f"`python -m bench quality --sections {name}` (finished cells are kept).", ""]
+    if missing and "paper" not in sections:
+        out += [f"Not measured yet: {', '.join(missing)} (`python -m bench quality --sections {' '.join(missing)}`).",
+                ""]
     for base in ("preview", "paper", "large"):
         out += septq_vs_gptq(sections.get(base, {}).get("rows", []), corpora, base)
     series = [(base, name, {"color": COLORS[method]}) for base in ("preview", "paper")

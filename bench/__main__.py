@@ -1,11 +1,13 @@
 """`python -m bench` (or `make bench`): the benchmarks of bench/.
 
-    SEPTQ_DATA_DIR=../shared/data .venv/bin/python -m bench            # engine, solver, app, one after the other
-    .venv/bin/python -m bench engine --model DIR --corpus demo ...     # one benchmark, with its own options
+    SEPTQ_DATA_DIR=../shared/data .venv/bin/python -m bench        # quality, engine, solver, app, then report
+    .venv/bin/python -m bench engine --nsamples 16 64              # one benchmark, with its own options
+    .venv/bin/python -m bench report                               # redraw bench/README.md's results and charts
 
-`engine` needs SEPTQ_DATA_DIR for its default corpus, `app` needs Debian's chromium,
-`fp_eval` (whole corpora, about half an hour on 2 cores) runs only when named. Each
-writes its results under bench/results/. Run with nothing else on the machine.
+`quality` needs SEPTQ_DATA_DIR (WikiText-2, PTB, C4) and resumes from its run store,
+`app` needs Debian's chromium, `fp_eval` (whole corpora, about half an hour on 2 cores)
+runs only when named. Each writes its results under bench/results/. Run with nothing
+else on the machine.
 """
 
 from __future__ import annotations

@@ -93,9 +93,7 @@ def main(argv=None) -> dict:
               "--eval-seqlen", str(args.eval_seqlen)]
     if args.model:
         common += ["--model", args.model]
-    first = cli.build_parser().parse_args(common)
-    for name in ("quiet", "debug"):
-        setattr(first, name, getattr(first, name, False))
+    first = cli.parse_args(common)
     cli._check_corpora(first)
     store = cli._store(first)
     t = time.perf_counter()
@@ -126,9 +124,7 @@ def main(argv=None) -> dict:
             out.write_text(json.dumps(result, indent=2) + "\n")
 
         for extra in plan[name]:
-            sub = cli.build_parser().parse_args([*common, *extra])
-            for key in ("quiet", "debug"):
-                setattr(sub, key, getattr(sub, key, False))
+            sub = cli.parse_args([*common, *extra])
             cli.sweep_rows(store, lm, cli.sweep_configs(sub), sub, on_row=save)
         print(f"\n== {name} ({time.perf_counter() - t:.0f} s) ==")
         print(cli._table([{"label": "FP", "ppl": result["fp"]}, *rows], args.eval), flush=True)

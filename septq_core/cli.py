@@ -371,11 +371,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line parsed, with the common options (given before or after the command) filled in."""
     args = build_parser().parse_args(argv)
     for name, default in (("home", None), ("quiet", False), ("debug", False)):
         setattr(args, name, getattr(args, name, default))
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = parse_args(argv)
     if args.quiet:  # transformers' own bars and notices too
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
         os.environ["TRANSFORMERS_VERBOSITY"] = "error"

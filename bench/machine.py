@@ -24,7 +24,7 @@ def cpu_model() -> str:
 
 
 def machine() -> dict:
-    info = {
+    return {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
@@ -33,7 +33,6 @@ def machine() -> dict:
         "python": platform.python_version(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
-    return info
 
 
 def header(name: str, argv: list[str] | None) -> dict:

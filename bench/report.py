@@ -46,8 +46,10 @@ def committed_date(path: Path) -> str | None:
 
 def provenance(result: dict, path: Path) -> str:
     """One line: when, where and with which command a results file was measured."""
-    date = result.get("date") or (f"{committed_date(path)} (commit date; the file has no date)"
-                                  if committed_date(path) else "date not recorded")
+    date = result.get("date")
+    if date is None:
+        committed = committed_date(path)
+        date = f"{committed} (commit date; the file has no date)" if committed else "date not recorded"
     where = result.get("cpu") or result.get("machine") or "machine not recorded"
     cores = result.get("cores") or result.get("cpus")
     parts = [date, f"{where}" + (f", {cores} cores" if cores else "")]

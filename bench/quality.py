@@ -4,12 +4,14 @@ Sections (each a sweep of `septq sweep`, kept in a run store so that an
 interrupted benchmark resumes where it stopped):
 
 - preview:     RTN / GPTQ / SEPTQ at 2, 3, 4 bits, preview preset (16 x 512 demo tokens)
-- reserve:     SEPTQ at 2, 3, 4 bits with 0.5 %, 1 % and 2 % reserved
-- grouped:     GPTQ / SEPTQ at 2, 3, 4 bits with groups of 128 columns
+- reserve:     SEPTQ 3-bit with 0.5 %, 1 % and 2 % reserved
+- grouped:     GPTQ / SEPTQ 3-bit with groups of 128 columns
 - large:       GPTQ / SEPTQ at 2, 3, 4 bits calibrated on 64 x 512 tokens of WikiText-2
-               validation, the largest calibration whose section finishes within 30 minutes
-               on a 2-core CPU (RTN needs no calibration: its numbers are the preview's)
-- calibration: GPTQ / SEPTQ 3-bit calibrated on 8, 16, 32, 64 x 512 tokens of the same text
+               validation: 4x the preview's calibration, one run in about 7 min on a 2-core CPU
+               (the 6-cell section, with evaluation, about 50 min; RTN needs no calibration: its
+               numbers are the preview's)
+- calibration: SEPTQ 3-bit calibrated on 8, 16, 32, 64 x 512 tokens of the same text (GPTQ's
+               64 x 512 point is in `large`)
 - paper:       RTN / GPTQ / SEPTQ at 2, 3, 4 bits, paper preset (128 x 2048 tokens; for a GPU,
                see bench/gpu.sh; not in the default list)
 
@@ -42,10 +44,10 @@ def sections(large_calib: str, paper_calib: str = "c4", bits: tuple[int, ...] = 
     return {
         "paper": [["--preset", "paper", "--calib", paper_calib, "--methods", "rtn", "gptq", "septq", *b]],
         "preview": [["--methods", "rtn", "gptq", "septq", *b]],
-        "reserve": [["--methods", "septq", *b, "--reserve-ratios", "0.005", "0.01", "0.02"]],
-        "grouped": [["--methods", "gptq", "septq", *b, "--group-size", "128"]],
+        "reserve": [["--methods", "septq", "--bits", "3", "--reserve-ratios", "0.005", "0.01", "0.02"]],
+        "grouped": [["--methods", "gptq", "septq", "--bits", "3", "--group-size", "128"]],
         "large": [["--methods", "gptq", "septq", *b, *large]],
-        "calibration": [["--methods", "gptq", "septq", "--bits", "3", "--calib", large_calib, "--nsamples", str(n)]
+        "calibration": [["--methods", "septq", "--bits", "3", "--calib", large_calib, "--nsamples", str(n)]
                         for n in (8, 16, 32, 64)],
     }
 
@@ -77,7 +79,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--windows", type=int, default=20, help="evaluation windows per corpus (0 = all)")
     ap.add_argument("--eval-seqlen", type=int, default=512, help="evaluation window length")
     ap.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4],
-                    help="bit-widths of every section but calibration (3-bit)")
+                    help="bit-widths of the preview, large and paper sections (the others are 3-bit)")
     ap.add_argument("--home", default=str(Path(__file__).resolve().parent / ".runs"),
                     help="run store that makes the benchmark resumable (default bench/.runs)")
     ap.add_argument("--out", default=str(RESULTS / "quality.json"))

@@ -118,15 +118,17 @@ def _capped(ax, xs, ys, placed: dict, **style):
                         fontsize=7, color=style.get("color", "black"))
 
 
-def chart_quality(quality: dict, out: Path, series: list[tuple[str, str, dict]], title: str) -> Path:
-    """Perplexity against bits per weight, one panel per corpus; series = (section, label, style)."""
+def chart_quality(quality: dict, out: Path, series: list[tuple], title: str) -> Path:
+    """Perplexity against bits per weight, one panel per corpus; series = (section, label, style), the
+    section's rows of that label, or (section, name, style, pick), the rows for which pick(row) holds."""
     plt = _pyplot()
     corpora = quality["eval"]["corpora"]
     fig, axes = plt.subplots(1, len(corpora), figsize=(4.2 * len(corpora), 3.6), squeeze=False)
     for ax, corpus in zip(axes[0], corpora):
         placed: dict = {}
-        for section, name, style in series:
-            rows = [r for r in quality["sections"].get(section, {}).get("rows", []) if label(r) == name]
+        for section, name, style, *pick in series:
+            keep = pick[0] if pick else (lambda r, name=name: label(r) == name)
+            rows = [r for r in quality["sections"].get(section, {}).get("rows", []) if keep(r)]
             rows.sort(key=lambda r: r["bits_per_weight"])
             if rows:
                 _capped(ax, [r["bits_per_weight"] for r in rows], [r["ppl"][corpus] for r in rows], placed,
@@ -148,12 +150,17 @@ def chart_calibration(quality: dict, out: Path) -> Path:
     plt = _pyplot()
     corpora = quality["eval"]["corpora"]
     rows = quality["sections"]["calibration"]["rows"]
+    # the large section's 3-bit rows share the calibration text: GPTQ's 64 x 512 point comes from there
+    same = {(r["method"], r["nsamples"]): r for r in quality["sections"].get("large", {}).get("rows", [])
+            if r["bits"] == 3 and r["calib"] == rows[0]["calib"] and r["seqlen"] == rows[0]["seqlen"]}
+    same.update({(r["method"], r["nsamples"]): r for r in rows})
     fig, axes = plt.subplots(1, len(corpora), figsize=(4.2 * len(corpora), 3.3), squeeze=False)
     for ax, corpus in zip(axes[0], corpora):
         for method in ("gptq", "septq"):
-            pts = sorted((r["nsamples"], r["ppl"][corpus]) for r in rows if r["method"] == method)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=4, color=COLORS[method],
-                    label=f"{METHOD_NAMES[method]} 3-bit")
+            pts = sorted((n, r["ppl"][corpus]) for (m, n), r in same.items() if m == method)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=4, color=COLORS[method],
+                        label=f"{METHOD_NAMES[method]} 3-bit")
         ax.axhline(quality["fp"][corpus], color="black", linewidth=1, linestyle=":", label="FP")
         ax.set_xscale("log", base=2)
         ax.set_xticks([8, 16, 32, 64], ["8", "16", "32", "64"])
@@ -243,13 +250,16 @@ def quality_section(quality: dict | None, path: Path, charts: Path, readme: Path
     head = ["run", "bits/weight", *(CORPUS_NAMES.get(c, c) for c in corpora), "quantize s", "calibration"]
     described = {
         "preview": "Preview preset: 16 x 512 tokens of the bundled demo text.",
-        "reserve": "SEPTQ reserve ratio, preview preset.",
-        "grouped": "Groups of 128 columns (one grid per group, the grids fitted as the sweep reaches them), "
-                   "preview preset. The 576-column modules end in a group of 64.",
-        "large": "Largest calibration on this CPU: 64 x 512 tokens of WikiText-2 validation (disjoint from the "
+        "reserve": "SEPTQ 3-bit with 0.5, 1 and 2 % of the weights reserved, preview preset.",
+        "grouped": "3-bit with groups of 128 columns (one grid per group, the grids fitted as the sweep reaches "
+                   "them), preview preset. The 576-column modules end in a group of 64.",
+        "large": "4x the preview's calibration: 64 x 512 tokens of WikiText-2 validation (disjoint from the "
                  "test split; the paper's C4 train shard is not among the offline files). RTN needs no "
-                 "calibration: its rows are the preview's.",
-        "calibration": "Calibration size, 3-bit, windows of 512 tokens of WikiText-2 validation.",
+                 "calibration: its rows are the preview's. One 64 x 512 run quantizes in about 7 min on the 2-core "
+                 "CPU measured here; no whole 2/3/4-bit table finishes within 30 minutes there, not even at the "
+                 "preview preset (see the section wall times).",
+        "calibration": "Calibration size: SEPTQ 3-bit on 8, 16, 32, 64 windows of 512 tokens of WikiText-2 "
+                       "validation (GPTQ's 64 x 512 row is in the large section).",
         "paper": "Paper preset (128 x 2048 calibration tokens).",
     }
     for name, section in sections.items():
@@ -268,11 +278,10 @@ def quality_section(quality: dict | None, path: Path, charts: Path, readme: Path
                 + (", the others kept from the run store)." if len(computed) < len(rows) else ")."), ""]
     missing = [n for n in described if n != "paper" and n not in sections]
     full = sorted({r["bits"] for r in sections.get("preview", {}).get("rows", [])})
-    for name in ("reserve", "grouped", "large"):
-        have = {r["bits"] for r in sections.get(name, {}).get("rows", [])}
-        if have and set(full) - have:
-            out += [f"{name}: measured at {', '.join(map(str, sorted(have)))} bits only; the other bit-widths: "
-                    f"`python -m bench quality --sections {name}` (finished cells are kept).", ""]
+    have = {r["bits"] for r in sections.get("large", {}).get("rows", [])}
+    if have and set(full) - have:
+        out += [f"large: measured at {', '.join(map(str, sorted(have)))} bits only; the other bit-widths: "
+                "`python -m bench quality --sections large` (finished cells are kept).", ""]
     if missing and "paper" not in sections:
         out += [f"Not measured yet: {', '.join(missing)} (`python -m bench quality --sections {' '.join(missing)}`).",
                 ""]
@@ -290,9 +299,12 @@ def quality_section(quality: dict | None, path: Path, charts: Path, readme: Path
         out += ["### Perplexity against bits per weight", "", image(png, readme, "perplexity against bits per weight"),
                 "", f"Values above {Y_CAP:g} are drawn at the top edge with their value.", ""]
     if "reserve" in sections:
-        reserve = [("reserve", f"SEPTQ {r:g} %", {"color": c}) for r, c in
-                   ((0.5, "#fc9272"), (1, "#d62728"), (2, "#67000d"))] + [("preview", "GPTQ", {"color": COLORS["gptq"]})]
-        png = chart_quality(quality, charts / "reserve_ratio.png", reserve, "SEPTQ reserve ratio (preview preset)")
+        reserve = [("preview", "GPTQ", {"color": COLORS["gptq"]}),
+                   ("preview", "SEPTQ 1 %", {"color": COLORS["septq"], "alpha": 0.4}),
+                   ("reserve", "SEPTQ 3-bit, 0.5 / 1 / 2 % reserved", {"color": "#67000d", "linestyle": "--"},
+                    lambda r: True)]
+        png = chart_quality(quality, charts / "reserve_ratio.png", reserve,
+                            "SEPTQ 3-bit reserve ratio against GPTQ and SEPTQ 1 % at 2, 3, 4 bits (preview preset)")
         out += [image(png, readme, "SEPTQ reserve ratios against bits per weight"), ""]
     if "calibration" in sections:
         png = chart_calibration(quality, charts / "calibration_size.png")

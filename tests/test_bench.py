@@ -47,13 +47,13 @@ def test_quality_resumes_from_its_store_and_the_report_draws_it(tiny_model_dir, 
     assert [(r["method"], r["bits"]) for r in preview] == [(m, b) for m in ("rtn", "gptq", "septq") for b in (2, 3, 4)]
     assert sorted({r["reserve_ratio"] for r in reserve}) == [0.005, 0.01, 0.02]
     assert all(math.isfinite(r["ppl"]["demo"]) for r in preview + reserve)
-    # the 1 % SEPTQ cells of "reserve" are the preview's, kept from the store; the others were computed
-    assert [r["kept_from_store"] for r in reserve if r["reserve_ratio"] == 0.01] == [True] * 3
+    assert {r["bits"] for r in reserve} == {3}
+    # the 1 % SEPTQ cell of "reserve" is the preview's, kept from the store; the others were computed
+    assert [r["kept_from_store"] for r in reserve] == [r["reserve_ratio"] == 0.01 for r in reserve]
     assert not any(r["kept_from_store"] for r in preview)
-    # more reserved weights cost more bits: 0.5 % < 1 % < 2 % at each bit-width
-    for bits in (2, 3, 4):
-        bpw = [r["bits_per_weight"] for r in sorted(reserve, key=lambda r: r["reserve_ratio"]) if r["bits"] == bits]
-        assert bpw == sorted(bpw) and len(set(bpw)) == 3
+    # more reserved weights cost more bits: 0.5 % < 1 % < 2 %
+    bpw = [r["bits_per_weight"] for r in sorted(reserve, key=lambda r: r["reserve_ratio"])]
+    assert bpw == sorted(bpw) and len(set(bpw)) == 3
 
     again = bench(*args)  # resumes: every cell is kept, with the same numbers
     assert again.returncode == 0, again.stderr[-2000:]
@@ -80,3 +80,35 @@ def test_quality_resumes_from_its_store_and_the_report_draws_it(tiny_model_dir, 
 def test_unknown_benchmark_is_exit_code_2():
     proc = bench("nope")
     assert proc.returncode == 2 and "choose from" in proc.stderr
+
+
+def _row(method, bits, nsamples, ppl, bpw, calib="demo"):
+    return {"label": method, "method": method, "bits": bits, "group_size": None,
+            "reserve_ratio": 0.01 if method == "septq" else 0.0, "calib": calib, "nsamples": nsamples, "seqlen": 512,
+            "ppl": {"demo": ppl}, "bits_per_weight": bpw, "seconds": 10.0, "stage_seconds": None, "run_id": "x",
+            "kept_from_store": False}
+
+
+def test_report_of_calibration_and_a_partial_large_section(tmp_path):
+    """Hand-written results: the report's tables carry their numbers, name the large section's missing
+    bit-widths, and draw calibration size with GPTQ's point taken from the large section."""
+    from bench import report
+
+    valid = "/data/wikitext2/valid.txt"
+    quality = {"model": "tiny", "weights": "random", "date": "2026-12-05 10:00", "command": "python -m bench quality",
+               "eval": {"corpora": ["demo"], "seqlen": 512, "windows": 2, "tokens": {"demo": 1022}},
+               "fp": {"demo": 20.0},
+               "sections": {
+                   "preview": {"rows": [_row(m, b, 16, 30.0 + b, b + 0.05) for m in ("gptq", "septq") for b in (2, 3, 4)]},
+                   "large": {"rows": [_row("gptq", 3, 64, 41.25, 3.05, valid), _row("septq", 3, 64, 27.5, 3.37, valid)]},
+                   "calibration": {"rows": [_row("septq", 3, n, p, 3.37, valid) for n, p in ((8, 33.0), (16, 29.0))]}}}
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "quality.json").write_text(json.dumps(quality))
+    text = report.report(results, tmp_path / "charts", tmp_path / "README.md")
+    assert "| GPTQ 3-bit | 3.050 | 41.25 | 10 | 64 x 512 valid.txt |" in text
+    assert "| SEPTQ 1 % 3-bit | 3.370 | 33.00 | 10 | 8 x 512 valid.txt |" in text
+    assert "large: measured at 3 bits only" in text
+    assert "41.25 / 27.50 = **0.667**" in text  # SEPTQ / GPTQ of the large section
+    assert "Not measured yet: reserve, grouped" in text
+    assert (tmp_path / "charts" / "calibration_size.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -151,13 +151,13 @@ def chart_calibration(quality: dict, out: Path) -> Path:
     corpora = quality["eval"]["corpora"]
     rows = quality["sections"]["calibration"]["rows"]
     # the large section's 3-bit rows share the calibration text: GPTQ's 64 x 512 point comes from there
-    same = {(r["method"], r["nsamples"]): r for r in quality["sections"].get("large", {}).get("rows", [])
+    points = {(r["method"], r["nsamples"]): r for r in quality["sections"].get("large", {}).get("rows", [])
             if r["bits"] == 3 and r["calib"] == rows[0]["calib"] and r["seqlen"] == rows[0]["seqlen"]}
-    same.update({(r["method"], r["nsamples"]): r for r in rows})
+    points.update({(r["method"], r["nsamples"]): r for r in rows})
     fig, axes = plt.subplots(1, len(corpora), figsize=(4.2 * len(corpora), 3.3), squeeze=False)
     for ax, corpus in zip(axes[0], corpora):
         for method in ("gptq", "septq"):
-            pts = sorted((n, r["ppl"][corpus]) for (m, n), r in same.items() if m == method)
+            pts = sorted((n, r["ppl"][corpus]) for (m, n), r in points.items() if m == method)
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=4, color=COLORS[method],
                         label=f"{METHOD_NAMES[method]} 3-bit")
